@@ -1,0 +1,1 @@
+//! peapod-beam: placeholder, filled by its issue.

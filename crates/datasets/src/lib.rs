@@ -1,0 +1,1 @@
+//! peapod-datasets: placeholder, filled by its issue.

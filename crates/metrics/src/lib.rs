@@ -1,0 +1,1 @@
+//! peapod-metrics: placeholder, filled by its issue.

@@ -1,0 +1,1 @@
+//! peapod-pmf: placeholder, filled by its issue.

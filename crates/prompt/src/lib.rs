@@ -1,0 +1,1 @@
+//! peapod-prompt: placeholder, filled by its issue.

@@ -1,0 +1,1 @@
+//! peapod-t5-rec: placeholder, filled by its issue.

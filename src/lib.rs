@@ -1,0 +1,1 @@
+//! PeaPOD composed from the peapod-* crates.
