@@ -1,0 +1,285 @@
+//! The MF baseline on the top-n TEST protocol (SPEC §1, §7): train BPR-MF on the training
+//! split, rank each user's test item among 99 sampled negatives, print one JSON line.
+//!
+//! `cargo run --release --example mf_baseline -- --dataset beauty [--dim 512 --iters 100]`
+//!
+//! Self-contained on purpose (reads `data/<dataset>/sequential_data.txt` itself):
+//! - Test negatives: 99 distinct items per user, drawn uniformly (seeded, `--negatives-seed`,
+//!   default 2022) from the items the user never interacted with — P5's procedure, so the
+//!   figures are statistically equivalent to P5's candidate lists, not byte-identical.
+//! - Ranking: the target's 0-based rank is the number of negatives scoring >= it (ties
+//!   counted against the target, pessimistic). HR@k = rank < k; nDCG@k = 1/log2(rank + 2) when
+//!   rank < k.
+//! - Popularity baseline: score = number of training users of the item, same candidates, same
+//!   tie rule (ties are frequent there; the optimistic/expected figures go to stderr).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+use peapod_pmf::{Interactions, MfConfig, MfModel, LEAVE_ONE_OUT_HELD_OUT};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Parser)]
+struct Args {
+    /// sports, beauty or toys
+    #[arg(long, default_value = "beauty")]
+    dataset: String,
+    /// Folder holding <dataset>/sequential_data.txt
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data"))]
+    data_dir: PathBuf,
+    #[arg(long)]
+    dim: Option<usize>,
+    #[arg(long)]
+    iters: Option<usize>,
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long)]
+    l2: Option<f32>,
+    #[arg(long)]
+    negatives: Option<usize>,
+    #[arg(long)]
+    negative_candidates: Option<usize>,
+    #[arg(long)]
+    beta2: Option<f32>,
+    #[arg(long)]
+    init_std: Option<f32>,
+    #[arg(long)]
+    fold_in_l2: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seed of the 99 test negatives per user.
+    #[arg(long, default_value_t = 2022)]
+    negatives_seed: u64,
+    /// Skip evaluation (timing runs).
+    #[arg(long)]
+    no_eval: bool,
+    /// Also report (on stderr) the metrics of fold-in embeddings computed from the training
+    /// histories.
+    #[arg(long)]
+    fold_in_check: bool,
+    /// Save the trained model to this safetensors file.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+/// `(user id, item ids oldest first)` per line of `sequential_data.txt`.
+type Sequences = Vec<(u32, Vec<u32>)>;
+
+fn load_sequences(path: &Path) -> Result<Sequences, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut ids = line.split_whitespace().map(str::parse::<u32>);
+        let Some(user) = ids.next() else { continue };
+        let items = ids.collect::<Result<Vec<_>, _>>();
+        match (user, items) {
+            (Ok(u), Ok(items)) => out.push((u, items)),
+            _ => {
+                return Err(format!("{}:{}: not a list of integers", path.display(), n + 1).into())
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// 0-based pessimistic rank of `scores[0]` (the target) among `scores[1..]`.
+fn rank(scores: &[f32]) -> usize {
+    let t = scores[0];
+    if t.is_nan() {
+        return scores.len() - 1;
+    }
+    scores[1..]
+        .iter()
+        .filter(|&&s| s >= t || s.is_nan())
+        .count()
+}
+
+#[derive(Default)]
+struct Metrics {
+    users: usize,
+    hr: [f64; 3],
+    ndcg: [f64; 3],
+}
+
+const KS: [usize; 3] = [1, 5, 10];
+
+impl Metrics {
+    fn add(&mut self, rank: f64) {
+        self.users += 1;
+        for (slot, &k) in KS.iter().enumerate() {
+            if rank < k as f64 {
+                self.hr[slot] += 1.0;
+                self.ndcg[slot] += 1.0 / (rank + 2.0).log2();
+            }
+        }
+    }
+    fn hr(&self, k: usize) -> f64 {
+        self.hr[KS.iter().position(|&x| x == k).unwrap_or(0)] / self.users.max(1) as f64
+    }
+    fn ndcg(&self, k: usize) -> f64 {
+        self.ndcg[KS.iter().position(|&x| x == k).unwrap_or(0)] / self.users.max(1) as f64
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let path = args
+        .data_dir
+        .join(&args.dataset)
+        .join("sequential_data.txt");
+    let sequences = load_sequences(&path)?;
+    let train = Interactions::training_split(&sequences, LEAVE_ONE_OUT_HELD_OUT)?;
+    let mut config = MfConfig::default();
+    if let Some(v) = args.dim {
+        config.dim = v;
+    }
+    if let Some(v) = args.iters {
+        config.iterations = v;
+    }
+    if let Some(v) = args.lr {
+        config.learning_rate = v;
+    }
+    if let Some(v) = args.l2 {
+        config.l2 = v;
+    }
+    if let Some(v) = args.negatives {
+        config.negatives = v;
+    }
+    if let Some(v) = args.negative_candidates {
+        config.negative_candidates = v;
+    }
+    if let Some(v) = args.beta2 {
+        config.beta2 = v;
+    }
+    if let Some(v) = args.init_std {
+        config.init_std = v;
+    }
+    if let Some(v) = args.fold_in_l2 {
+        config.fold_in_l2 = v;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    eprintln!(
+        "{}: {} users, {} items, {} training interactions; {:?}; {} threads",
+        args.dataset,
+        train.num_users(),
+        train.num_items(),
+        train.num_interactions(),
+        config,
+        rayon::current_num_threads()
+    );
+
+    let start = Instant::now();
+    let model = MfModel::train_with_progress(&train, &config, |p| {
+        if p.iteration % 10 == 0 || p.iteration == 1 {
+            eprintln!(
+                "iteration {:>4}/{}  bpr loss {:.5}  {:.1}s",
+                p.iteration,
+                p.iterations,
+                p.loss,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    })?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    if let Some(out) = &args.save {
+        model.save(out)?;
+    }
+    if args.no_eval {
+        println!(
+            "{}",
+            serde_json::json!({"dataset": args.dataset, "train_seconds": train_seconds})
+        );
+        return Ok(());
+    }
+
+    // Test candidates: target + 99 uniform negatives outside the user's whole sequence.
+    let item_ids = train.item_ids();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.negatives_seed);
+    let popularity = train.item_popularity();
+    let (mut mf, mut pop, mut pop_expected, mut fold) = (
+        Metrics::default(),
+        Metrics::default(),
+        Metrics::default(),
+        Metrics::default(),
+    );
+    for (user, sequence) in &sequences {
+        let Some(&target) = sequence.last() else {
+            continue;
+        };
+        let mut seen: Vec<u32> = sequence.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if item_ids.len() < seen.len() + 99 {
+            return Err(format!("user {user}: fewer than 99 candidate negatives").into());
+        }
+        let mut candidates = vec![target];
+        while candidates.len() < 100 {
+            let item = item_ids[rng.random_range(0..item_ids.len())];
+            if seen.binary_search(&item).is_err() && !candidates[1..].contains(&item) {
+                candidates.push(item);
+            }
+        }
+        let scores = model.score_embedding(model.embedding(*user)?, &candidates)?;
+        mf.add(rank(&scores) as f64);
+
+        let pop_scores: Vec<f32> = candidates
+            .iter()
+            .map(|&i| train.item_row(i).map_or(0.0, |r| popularity[r] as f32))
+            .collect();
+        pop.add(rank(&pop_scores) as f64);
+        let greater = pop_scores[1..]
+            .iter()
+            .filter(|&&s| s > pop_scores[0])
+            .count();
+        let ties = pop_scores[1..]
+            .iter()
+            .filter(|&&s| s == pop_scores[0])
+            .count();
+        pop_expected.add(greater as f64 + ties as f64 / 2.0);
+
+        if args.fold_in_check {
+            let history = &sequence[..sequence.len().saturating_sub(LEAVE_ONE_OUT_HELD_OUT)];
+            if let Ok(p) = model.fold_in(history) {
+                let s = model.score_embedding(p.view(), &candidates)?;
+                fold.add(rank(&s) as f64);
+            }
+        }
+    }
+    eprintln!(
+        "popularity with ties at their expected rank: hr@1 {:.4} hr@5 {:.4} hr@10 {:.4}",
+        pop_expected.hr(1),
+        pop_expected.hr(5),
+        pop_expected.hr(10)
+    );
+    if args.fold_in_check {
+        eprintln!(
+            "fold-in embeddings (λ = {}): hr@1 {:.4} hr@5 {:.4} hr@10 {:.4} ndcg@10 {:.4} ({} users)",
+            config.fold_in_l2,
+            fold.hr(1),
+            fold.hr(5),
+            fold.hr(10),
+            fold.ndcg(10),
+            fold.users
+        );
+    }
+    let round = |x: f64| (x * 1e4).round() / 1e4;
+    println!(
+        "{}",
+        serde_json::json!({
+            "dataset": args.dataset,
+            "hr@1": round(mf.hr(1)),
+            "hr@5": round(mf.hr(5)),
+            "ndcg@5": round(mf.ndcg(5)),
+            "hr@10": round(mf.hr(10)),
+            "ndcg@10": round(mf.ndcg(10)),
+            "pop_hr@1": round(pop.hr(1)),
+            "pop_hr@10": round(pop.hr(10)),
+            "train_seconds": (train_seconds * 100.0).round() / 100.0,
+        })
+    );
+    Ok(())
+}
