@@ -1,0 +1,118 @@
+//! Training-step benchmark: forward + backward + AdamW at batch 64, printed as JSON lines.
+//!
+//! cargo run --release -p peapod-t5-rec --example bench_t5 -- --config t5-small|tiny
+//!     [--case 40x6|420x6|20x20 ...] [--steps 3] [--batch 64]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use peapod_t5_rec::{T5Config, T5ForRec};
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn pseudo_ids(rows: usize, cols: usize, hi: u32, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    (0..rows * cols)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            2 + ((s >> 33) as u32) % (hi - 2)
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut config = "tiny".to_string();
+    let mut cases: Vec<(usize, usize)> = Vec::new();
+    let mut steps = 3usize;
+    let mut batch = 64usize;
+    let mut i = 1;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--config" => config = value,
+            "--steps" => steps = value.parse()?,
+            "--batch" => batch = value.parse()?,
+            "--case" => {
+                let (a, b) = value
+                    .split_once('x')
+                    .ok_or_else(|| anyhow::anyhow!("--case INxOUT, e.g. 40x6"))?;
+                cases.push((a.parse()?, b.parse()?));
+            }
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    if cases.is_empty() {
+        cases = vec![(40, 6), (20, 20), (420, 6)];
+    }
+    let cfg = match config.as_str() {
+        "t5-small" => T5Config::t5_small(),
+        "tiny" => T5Config::tiny(),
+        other => anyhow::bail!("--config t5-small|tiny, got {other}"),
+    };
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let model = T5ForRec::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    model.reset_parameters(&varmap, "", 0)?;
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: 5e-4,
+            ..Default::default()
+        },
+    )?;
+    for (t_in, t_out) in cases {
+        let input = Tensor::from_vec(pseudo_ids(batch, t_in, 32000, 1), (batch, t_in), &device)?;
+        let whole = Tensor::from_vec(pseudo_ids(batch, t_in, 500, 2), (batch, t_in), &device)?;
+        let target = Tensor::from_vec(pseudo_ids(batch, t_out, 32000, 3), (batch, t_out), &device)?;
+        let mask_in = Tensor::ones((batch, t_in), DType::U32, &device)?;
+        let mask_out = Tensor::ones((batch, t_out), DType::U32, &device)?;
+        let mut times = Vec::new();
+        let mut phases = Vec::new();
+        // One warm-up step, then the timed ones.
+        for step in 0..=steps {
+            let start = Instant::now();
+            let embeds = model.embed_input(&input, &whole)?;
+            let loss = model.forward_loss(&embeds, &mask_in, &target, &mask_out, true)?;
+            let forward = start.elapsed().as_secs_f64();
+            let grads = loss.backward()?;
+            let backward = start.elapsed().as_secs_f64();
+            opt.step(&grads)?;
+            let secs = start.elapsed().as_secs_f64();
+            if step > 0 {
+                times.push(secs);
+                phases.push((forward, backward - forward, secs - backward));
+            }
+        }
+        let n = phases.len().max(1) as f64;
+        let phase_means = phases.iter().fold((0.0, 0.0, 0.0), |a, p| {
+            (a.0 + p.0 / n, a.1 + p.1 / n, a.2 + p.2 / n)
+        });
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{{\"config\":\"{config}\",\"batch\":{batch},\"input_len\":{t_in},\"target_len\":{t_out},\"median_s_per_step\":{median:.3},\"steps\":{},\"times_s\":{:?},\"peak_rss_mb\":{:.0},\"mean_forward_backward_optimizer_s\":[{:.3},{:.3},{:.3}]}}",
+            times.len(),
+            times.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            peak_rss_mb(),
+            phase_means.0,
+            phase_means.1,
+            phase_means.2
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! The building blocks of T5, written with plain differentiable tensor ops (candle-nn's fused
+//! softmax / rms-norm kernels have no backward pass).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::T5Config;
+use crate::error::{Result, T5Error};
+
+/// Additive bias for masked attention positions: large but finite, so that a fully masked row
+/// stays a uniform softmax instead of NaN.
+pub(crate) const MASK_BIAS: f64 = -1e9;
+
+/// A bias-free linear layer whose input is flattened to 2-D before the matmul: candle's
+/// broadcast matmul would materialise one weight gradient per batch row in backward.
+#[derive(Clone, Debug)]
+pub(crate) struct Linear {
+    /// (out, in), as in PyTorch.
+    pub(crate) weight: Tensor,
+}
+
+impl Linear {
+    pub(crate) fn new(vb: VarBuilder, d_in: usize, d_out: usize, stdev: f64) -> Result<Self> {
+        let weight = vb.get_with_hints((d_out, d_in), "weight", Init::Randn { mean: 0., stdev })?;
+        Ok(Self { weight })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let d_in = dims[dims.len() - 1];
+        let rows = x.elem_count() / d_in.max(1);
+        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
+        let mut out_dims = dims[..dims.len() - 1].to_vec();
+        out_dims.push(self.weight.dim(0)?);
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// T5's layer norm: RMS scaling without mean subtraction or bias.
+#[derive(Clone, Debug)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(vb: VarBuilder, d: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(d, "weight", Init::Const(1.0))?;
+        Ok(Self { weight, eps })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(x.broadcast_mul(&self.weight)?)
+    }
+
+    /// Fused kernel, no backward: for incremental decoding only.
+    pub(crate) fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps as f32,
+        )?)
+    }
+}
+
+/// Inverted dropout with its own counter-based generator, so a run is reproducible from a seed
+/// on every device (candle's CPU `rand` cannot be seeded).
+#[derive(Debug)]
+pub(crate) struct SeededDropout {
+    pub(crate) p: f64,
+    counter: AtomicU64,
+}
+
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl SeededDropout {
+    pub(crate) fn new(p: f64, seed: u64) -> Self {
+        Self {
+            p,
+            counter: AtomicU64::new(splitmix64(seed)),
+        }
+    }
+
+    pub(crate) fn reseed(&self, seed: u64) {
+        self.counter.store(splitmix64(seed), Ordering::Relaxed);
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        if self.p >= 1.0 {
+            return Err(T5Error::InvalidInput(format!(
+                "dropout rate must be below 1, got {}",
+                self.p
+            )));
+        }
+        let n = x.elem_count();
+        let base = self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        let keep_scale = (1.0 / (1.0 - self.p)) as f32;
+        // Compare 24-bit uniforms against an integer threshold: exact and fast.
+        let threshold = (self.p * (1u64 << 24) as f64) as u64;
+        let mut mask = vec![0f32; n];
+        let fill = |offset: usize, chunk: &mut [f32]| {
+            for (i, m) in chunk.iter_mut().enumerate() {
+                let r = splitmix64(base.wrapping_add((offset + i) as u64));
+                *m = if (r >> 40) >= threshold {
+                    keep_scale
+                } else {
+                    0.0
+                };
+            }
+        };
+        // Element i always uses counter base + i: the mask does not depend on the threading.
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        if threads > 1 && n >= 1 << 16 {
+            let per = n.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (k, chunk) in mask.chunks_mut(per).enumerate() {
+                    scope.spawn(move || fill(k * per, chunk));
+                }
+            });
+        } else {
+            fill(0, &mut mask);
+        }
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.mul(&mask)?)
+    }
+}
+
+/// Hugging Face's `_relative_position_bucket`, in the same f32 arithmetic.
+pub fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> u32 {
+    let mut num_buckets = num_buckets as i64;
+    let mut bucket = 0i64;
+    let rp = if bidirectional {
+        num_buckets /= 2;
+        if relative_position > 0 {
+            bucket += num_buckets;
+        }
+        relative_position.abs()
+    } else {
+        (-relative_position).max(0)
+    };
+    let max_exact = num_buckets / 2;
+    if rp < max_exact {
+        bucket += rp;
+    } else {
+        let scaled = ((rp as f32 / max_exact as f32).ln()
+            / (max_distance as f32 / max_exact as f32).ln()
+            * (num_buckets - max_exact) as f32) as i64;
+        bucket += (max_exact + scaled).min(num_buckets - 1);
+    }
+    bucket as u32
+}
+
+/// Learned relative-position bias of one stack (held by its first block in HF's layout).
+#[derive(Clone, Debug)]
+pub(crate) struct RelativeBias {
+    /// (num_buckets, num_heads)
+    weight: Tensor,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+}
+
+impl RelativeBias {
+    pub(crate) fn new(vb: VarBuilder, cfg: &T5Config, bidirectional: bool) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cfg.relative_attention_num_buckets, cfg.num_heads),
+            "weight",
+            Init::Randn {
+                mean: 0.,
+                stdev: (cfg.d_model as f64).powf(-0.5),
+            },
+        )?;
+        Ok(Self {
+            weight,
+            bidirectional,
+            num_buckets: cfg.relative_attention_num_buckets,
+            max_distance: cfg.relative_attention_max_distance,
+        })
+    }
+
+    /// Bias (1, H, q_len, k_len) for queries at positions `q_offset..q_offset + q_len`.
+    pub(crate) fn forward(&self, q_len: usize, k_len: usize, q_offset: usize) -> Result<Tensor> {
+        let mut buckets = Vec::with_capacity(q_len * k_len);
+        for i in 0..q_len {
+            let context = (i + q_offset) as i64;
+            for j in 0..k_len {
+                buckets.push(relative_position_bucket(
+                    j as i64 - context,
+                    self.bidirectional,
+                    self.num_buckets,
+                    self.max_distance,
+                ));
+            }
+        }
+        let idx = Tensor::from_vec(buckets, q_len * k_len, self.weight.device())?;
+        let heads = self.weight.dim(1)?;
+        let bias = self
+            .weight
+            .index_select(&idx, 0)?
+            .reshape((q_len, k_len, heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?;
+        Ok(bias)
+    }
+}
+
+/// Multi-head attention without the 1/√d scaling (T5 folds it into the initialisation).
+#[derive(Clone, Debug)]
+pub(crate) struct Attention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) heads: usize,
+    pub(crate) d_kv: usize,
+}
+
+impl Attention {
+    pub(crate) fn new(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+        let (d, inner) = (cfg.d_model, cfg.inner_dim());
+        // Hugging Face's T5 initialisation (factor 1).
+        let q_std = ((d * cfg.d_kv) as f64).powf(-0.5);
+        let kv_std = (d as f64).powf(-0.5);
+        let o_std = (inner as f64).powf(-0.5);
+        Ok(Self {
+            q: Linear::new(vb.pp("q"), d, inner, q_std)?,
+            k: Linear::new(vb.pp("k"), d, inner, kv_std)?,
+            v: Linear::new(vb.pp("v"), d, inner, kv_std)?,
+            o: Linear::new(vb.pp("o"), inner, d, o_std)?,
+            heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+        })
+    }
+
+    /// (B, T, H·d_kv) → (B, H, T, d_kv), contiguous for the batched matmul.
+    pub(crate) fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        Ok(x.reshape((b, t, self.heads, self.d_kv))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// Training / full-sequence attention. `bias` broadcasts to (B, H, Tq, Tk) and carries the
+    /// position bias and the masks.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        kv_input: Option<&Tensor>,
+        bias: &Tensor,
+        dropout: &SeededDropout,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, tq, _) = x.dims3()?;
+        let kv_input = kv_input.unwrap_or(x);
+        let q = self.split_heads(&self.q.forward(x)?)?;
+        let k = self.split_heads(&self.k.forward(kv_input)?)?;
+        let v = self.split_heads(&self.v.forward(kv_input)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let weights = dropout.forward(&weights, train)?;
+        let ctx = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, tq, self.heads * self.d_kv))?;
+        self.o.forward(&ctx)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum FeedForward {
+    Relu {
+        wi: Linear,
+        wo: Linear,
+    },
+    GatedGelu {
+        wi_0: Linear,
+        wi_1: Linear,
+        wo: Linear,
+    },
+}
+
+impl FeedForward {
+    pub(crate) fn new(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let wi_std = (d as f64).powf(-0.5);
+        let wo_std = (ff as f64).powf(-0.5);
+        match cfg.feed_forward_proj.as_str() {
+            "relu" => Ok(Self::Relu {
+                wi: Linear::new(vb.pp("wi"), d, ff, wi_std)?,
+                wo: Linear::new(vb.pp("wo"), ff, d, wo_std)?,
+            }),
+            "gated-gelu" => Ok(Self::GatedGelu {
+                wi_0: Linear::new(vb.pp("wi_0"), d, ff, wi_std)?,
+                wi_1: Linear::new(vb.pp("wi_1"), d, ff, wi_std)?,
+                wo: Linear::new(vb.pp("wo"), ff, d, wo_std)?,
+            }),
+            other => Err(T5Error::UnsupportedActivation(other.to_string())),
+        }
+    }
+
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        dropout: &SeededDropout,
+        train: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Relu { wi, wo } => {
+                let h = wi.forward(x)?.relu()?;
+                wo.forward(&dropout.forward(&h, train)?)
+            }
+            Self::GatedGelu { wi_0, wi_1, wo } => {
+                // HF's "gated-gelu" uses gelu_new, the tanh approximation (candle's `gelu`).
+                let h = wi_0.forward(x)?.gelu()?.mul(&wi_1.forward(x)?)?;
+                wo.forward(&dropout.forward(&h, train)?)
+            }
+        }
+    }
+}
+
+/// `(B, T)` keep-mask (any dtype, 1 = keep) → additive `(B, 1, 1, T)` bias.
+pub(crate) fn padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let keep = mask.to_dtype(DType::F32)?;
+    let bias = ((keep - 1.0)? * -MASK_BIAS)?;
+    Ok(bias.reshape((b, 1, 1, t))?.to_dtype(dtype)?)
+}
+
+/// Additive causal bias `(1, 1, S, S)`.
+pub(crate) fn causal_bias(s: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..s)
+        .flat_map(|i| (0..s).map(move |j| if j > i { MASK_BIAS as f32 } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(v, (1, 1, s, s), device)?.to_dtype(dtype)?)
+}

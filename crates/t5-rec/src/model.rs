@@ -1,0 +1,402 @@
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::T5Config;
+use crate::error::{Result, T5Error};
+use crate::layers::{
+    causal_bias, padding_bias, Attention, FeedForward, RelativeBias, RmsNorm, SeededDropout,
+};
+
+mod decoding;
+
+pub use decoding::DecoderState;
+
+/// Name of PeaPOD's whole-word embedding table (absent from Hugging Face checkpoints).
+pub const WHOLE_WORD_EMBEDDINGS: &str = "whole_word_embeddings.weight";
+
+#[derive(Clone, Debug)]
+struct EncoderBlock {
+    self_norm: RmsNorm,
+    self_attn: Attention,
+    ff_norm: RmsNorm,
+    ff: FeedForward,
+}
+
+#[derive(Clone, Debug)]
+struct DecoderBlock {
+    self_norm: RmsNorm,
+    self_attn: Attention,
+    cross_norm: RmsNorm,
+    cross_attn: Attention,
+    ff_norm: RmsNorm,
+    ff: FeedForward,
+}
+
+/// T5 with PeaPOD's whole-word embeddings, taking the encoder input as embeddings so that soft
+/// prompts can be prepended.
+///
+/// Parameters carry Hugging Face's names (`shared.weight`, `encoder.block.{i}.layer.0.
+/// SelfAttention.q.weight`, …, `lm_head.weight` when untied) plus ours,
+/// [`WHOLE_WORD_EMBEDDINGS`]; build it from a `VarBuilder` over a `VarMap` to train it.
+#[derive(Debug)]
+pub struct T5ForRec {
+    cfg: T5Config,
+    shared: Tensor,
+    whole_word: Tensor,
+    encoder: Vec<EncoderBlock>,
+    encoder_bias: RelativeBias,
+    encoder_norm: RmsNorm,
+    decoder: Vec<DecoderBlock>,
+    decoder_bias: RelativeBias,
+    decoder_norm: RmsNorm,
+    lm_head: Option<Tensor>,
+    dropout: SeededDropout,
+    device: Device,
+    dtype: DType,
+}
+
+fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let mut dims = ids.dims().to_vec();
+    let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+    let rows = table.index_select(&flat, 0)?;
+    dims.push(table.dim(1)?);
+    Ok(rows.reshape(dims)?)
+}
+
+impl T5ForRec {
+    /// Builds (or, from a loaded `VarBuilder`, reads) all parameters.
+    pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        if cfg.d_model == 0 || cfg.num_heads == 0 || cfg.d_kv == 0 || cfg.vocab_size == 0 {
+            return Err(T5Error::InvalidInput(format!(
+                "degenerate T5 config: {cfg:?}"
+            )));
+        }
+        let shared = vb.get_with_hints(
+            (cfg.vocab_size, d),
+            "shared.weight",
+            Init::Randn {
+                mean: 0.,
+                stdev: 1.,
+            },
+        )?;
+        let whole_word = vb.get_with_hints(
+            (cfg.num_whole_word_embeddings, d),
+            WHOLE_WORD_EMBEDDINGS,
+            Init::Randn {
+                mean: 0.,
+                stdev: 1.,
+            },
+        )?;
+        let eps = cfg.layer_norm_epsilon;
+        let enc_vb = vb.pp("encoder");
+        let mut encoder = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let b = enc_vb.pp(format!("block.{i}"));
+            encoder.push(EncoderBlock {
+                self_norm: RmsNorm::new(b.pp("layer.0.layer_norm"), d, eps)?,
+                self_attn: Attention::new(b.pp("layer.0.SelfAttention"), cfg)?,
+                ff_norm: RmsNorm::new(b.pp("layer.1.layer_norm"), d, eps)?,
+                ff: FeedForward::new(b.pp("layer.1.DenseReluDense"), cfg)?,
+            });
+        }
+        let encoder_bias = RelativeBias::new(
+            enc_vb.pp("block.0.layer.0.SelfAttention.relative_attention_bias"),
+            cfg,
+            true,
+        )?;
+        let encoder_norm = RmsNorm::new(enc_vb.pp("final_layer_norm"), d, eps)?;
+        let dec_vb = vb.pp("decoder");
+        let mut decoder = Vec::with_capacity(cfg.num_decoder_layers);
+        for i in 0..cfg.num_decoder_layers {
+            let b = dec_vb.pp(format!("block.{i}"));
+            decoder.push(DecoderBlock {
+                self_norm: RmsNorm::new(b.pp("layer.0.layer_norm"), d, eps)?,
+                self_attn: Attention::new(b.pp("layer.0.SelfAttention"), cfg)?,
+                cross_norm: RmsNorm::new(b.pp("layer.1.layer_norm"), d, eps)?,
+                cross_attn: Attention::new(b.pp("layer.1.EncDecAttention"), cfg)?,
+                ff_norm: RmsNorm::new(b.pp("layer.2.layer_norm"), d, eps)?,
+                ff: FeedForward::new(b.pp("layer.2.DenseReluDense"), cfg)?,
+            });
+        }
+        let decoder_bias = RelativeBias::new(
+            dec_vb.pp("block.0.layer.0.SelfAttention.relative_attention_bias"),
+            cfg,
+            false,
+        )?;
+        let decoder_norm = RmsNorm::new(dec_vb.pp("final_layer_norm"), d, eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(vb.get_with_hints(
+                (cfg.vocab_size, d),
+                "lm_head.weight",
+                Init::Randn {
+                    mean: 0.,
+                    stdev: 1.,
+                },
+            )?)
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            shared,
+            whole_word,
+            encoder,
+            encoder_bias,
+            encoder_norm,
+            decoder,
+            decoder_bias,
+            decoder_norm,
+            lm_head,
+            dropout: SeededDropout::new(cfg.dropout_rate, 0),
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &T5Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Restarts the dropout mask stream: training is reproducible from this seed.
+    pub fn set_dropout_seed(&self, seed: u64) {
+        self.dropout.reseed(seed);
+    }
+
+    /// The shared token embedding table (vocab × d_model).
+    pub fn shared_embeddings(&self) -> &Tensor {
+        &self.shared
+    }
+
+    /// Token embeddings only (B×T u32 → B×T×d).
+    pub fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        embedding(&self.shared, input_ids)
+    }
+
+    /// Token embeddings plus whole-word embeddings (SPEC §3): the encoder input after the
+    /// soft prompts.
+    pub fn embed_input(&self, input_ids: &Tensor, whole_word_ids: &Tensor) -> Result<Tensor> {
+        if input_ids.dims() != whole_word_ids.dims() {
+            return Err(T5Error::InvalidInput(format!(
+                "input_ids {:?} and whole_word_ids {:?} differ in shape",
+                input_ids.dims(),
+                whole_word_ids.dims()
+            )));
+        }
+        let tokens = self.embed_tokens(input_ids)?;
+        let words = embedding(&self.whole_word, whole_word_ids)?;
+        Ok((tokens + words)?)
+    }
+
+    /// Runs the encoder over `input_embeds` (B×T×d) with a B×T keep-mask (1 = attend).
+    /// Dropout is active only when `train`.
+    pub fn encode(
+        &self,
+        input_embeds: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, d) = input_embeds.dims3()?;
+        if d != self.cfg.d_model || attention_mask.dims() != [b, t] {
+            return Err(T5Error::InvalidInput(format!(
+                "encode: embeddings {:?} / mask {:?}, expected (B, T, {}) / (B, T)",
+                input_embeds.dims(),
+                attention_mask.dims(),
+                self.cfg.d_model
+            )));
+        }
+        let bias = self
+            .encoder_bias
+            .forward(t, t, 0)?
+            .to_dtype(self.dtype)?
+            .broadcast_add(&padding_bias(attention_mask, self.dtype)?)?;
+        let drop = &self.dropout;
+        let mut h = drop.forward(input_embeds, train)?;
+        for block in &self.encoder {
+            let a =
+                block
+                    .self_attn
+                    .forward(&block.self_norm.forward(&h)?, None, &bias, drop, train)?;
+            h = (h + drop.forward(&a, train)?)?;
+            let f = block.ff.forward(&block.ff_norm.forward(&h)?, drop, train)?;
+            h = (h + drop.forward(&f, train)?)?;
+        }
+        drop.forward(&self.encoder_norm.forward(&h)?, train)
+    }
+
+    /// Teacher-forced decoder: final hidden states (B×S×d) before the vocabulary projection.
+    pub fn decode_hidden(
+        &self,
+        decoder_input_ids: &Tensor,
+        encoder_out: &Tensor,
+        encoder_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (_, s) = decoder_input_ids.dims2()?;
+        let self_bias = self
+            .decoder_bias
+            .forward(s, s, 0)?
+            .to_dtype(self.dtype)?
+            .broadcast_add(&causal_bias(s, self.dtype, &self.device)?)?;
+        let cross_bias = padding_bias(encoder_mask, self.dtype)?;
+        let drop = &self.dropout;
+        let mut h = drop.forward(&self.embed_tokens(decoder_input_ids)?, train)?;
+        for block in &self.decoder {
+            let a = block.self_attn.forward(
+                &block.self_norm.forward(&h)?,
+                None,
+                &self_bias,
+                drop,
+                train,
+            )?;
+            h = (h + drop.forward(&a, train)?)?;
+            let c = block.cross_attn.forward(
+                &block.cross_norm.forward(&h)?,
+                Some(encoder_out),
+                &cross_bias,
+                drop,
+                train,
+            )?;
+            h = (h + drop.forward(&c, train)?)?;
+            let f = block.ff.forward(&block.ff_norm.forward(&h)?, drop, train)?;
+            h = (h + drop.forward(&f, train)?)?;
+        }
+        drop.forward(&self.decoder_norm.forward(&h)?, train)
+    }
+
+    /// Vocabulary projection of hidden states (…×d → …×V), with Hugging Face's d^-0.5 scaling
+    /// when the head is tied to the shared embeddings. The input is flattened to 2-D first.
+    pub fn project_to_vocab(&self, hidden: &Tensor) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let d = self.cfg.d_model;
+        let rows = hidden.elem_count() / d;
+        let flat = hidden.reshape((rows, d))?;
+        let logits = match &self.lm_head {
+            Some(w) => flat.matmul(&w.t()?)?,
+            None => (flat * (d as f64).powf(-0.5))?.matmul(&self.shared.t()?)?,
+        };
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(self.cfg.vocab_size);
+        Ok(logits.reshape(out)?)
+    }
+
+    /// Teacher-forced decoding: logits (B×S×V) for every position (causal self-attention).
+    pub fn decode(
+        &self,
+        decoder_input_ids: &Tensor,
+        encoder_out: &Tensor,
+        encoder_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let h = self.decode_hidden(decoder_input_ids, encoder_out, encoder_mask, train)?;
+        self.project_to_vocab(&h)
+    }
+
+    /// Token-level NLL of `target_ids` under `logits` (B×S×V), averaged over the positions
+    /// where `target_mask` is 1 (SPEC §6, eq. 4).
+    pub fn loss(
+        &self,
+        logits: &Tensor,
+        target_ids: &Tensor,
+        target_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let v = logits.dim(D::Minus1)?;
+        let rows = logits.elem_count() / v;
+        let keep = kept_rows(target_mask)?;
+        let idx = Tensor::from_vec(keep.clone(), keep.len(), logits.device())?;
+        let logits = logits.reshape((rows, v))?.index_select(&idx, 0)?;
+        let targets = target_ids
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .index_select(&idx, 0)?;
+        masked_nll(&logits, &targets)
+    }
+
+    /// Right-shifts targets behind the decoder start token (teacher forcing inputs).
+    pub fn shift_right(&self, target_ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = target_ids.dims2()?;
+        let start = Tensor::full(self.cfg.decoder_start_token_id, (b, 1), target_ids.device())?;
+        let body = target_ids
+            .to_dtype(DType::U32)?
+            .narrow(1, 0, s.saturating_sub(1))?;
+        Ok(Tensor::cat(&[&start, &body], 1)?)
+    }
+
+    /// Encoder + teacher-forced decoder + loss. Only the non-padding target positions go
+    /// through the vocabulary projection.
+    pub fn forward_loss(
+        &self,
+        input_embeds: &Tensor,
+        attention_mask: &Tensor,
+        target_ids: &Tensor,
+        target_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        if target_ids.dims() != target_mask.dims() {
+            return Err(T5Error::InvalidInput(format!(
+                "target_ids {:?} and target_mask {:?} differ in shape",
+                target_ids.dims(),
+                target_mask.dims()
+            )));
+        }
+        let enc = self.encode(input_embeds, attention_mask, train)?;
+        let dec_in = self.shift_right(target_ids)?;
+        let hidden = self.decode_hidden(&dec_in, &enc, attention_mask, train)?;
+        let d = self.cfg.d_model;
+        let rows = hidden.elem_count() / d;
+        let keep = kept_rows(target_mask)?;
+        let idx = Tensor::from_vec(keep.clone(), keep.len(), &self.device)?;
+        let hidden = hidden.reshape((rows, d))?.index_select(&idx, 0)?;
+        let logits = self.project_to_vocab(&hidden)?;
+        let targets = target_ids
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .index_select(&idx, 0)?;
+        masked_nll(&logits, &targets)
+    }
+}
+
+/// Half-precision logits are upcast for the softmax; f32 and f64 stay as they are.
+pub(crate) fn at_least_f32(x: &Tensor) -> Result<Tensor> {
+    Ok(match x.dtype() {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    })
+}
+
+/// Row indices (into the flattened B·S positions) whose mask is non-zero.
+fn kept_rows(mask: &Tensor) -> Result<Vec<u32>> {
+    let m: Vec<f32> = mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    let keep: Vec<u32> = m
+        .iter()
+        .enumerate()
+        .filter(|(_, &x)| x != 0.0)
+        .map(|(i, _)| i as u32)
+        .collect();
+    if keep.is_empty() {
+        return Err(T5Error::InvalidInput(
+            "target_mask selects no token: the loss is undefined".to_string(),
+        ));
+    }
+    Ok(keep)
+}
+
+/// Mean of −log softmax(logits)[target] over rows (N×V logits, N targets).
+fn masked_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = at_least_f32(logits)?;
+    // −log p = logsumexp − logit[target]. The max shift is detached: its gradient cancels
+    // exactly, and differentiating through max_keepdim costs several N×V passes in backward.
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum_exp = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok((log_sum_exp - picked)?.mean_all()?)
+}

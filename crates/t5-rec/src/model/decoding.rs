@@ -1,0 +1,177 @@
+//! Incremental decoding for beam search: one token per beam per call, with a reorderable
+//! self-attention cache and cross-attention keys/values computed once per input.
+
+use candle_core::{Tensor, D};
+
+use super::{at_least_f32, embedding, T5ForRec};
+use crate::error::{Result, T5Error};
+use crate::layers::padding_bias;
+
+/// The decoder's state between [`T5ForRec::decode_step`] calls.
+///
+/// Rows are ordered input-major: row `i * beams + j` is beam `j` of input `i`.
+#[derive(Clone, Debug)]
+pub struct DecoderState {
+    batch: usize,
+    beams: usize,
+    step: usize,
+    /// Per layer, cross-attention keys and values (B, H, T, d_kv): one copy per input, shared by
+    /// its beams.
+    cross_kv: Vec<(Tensor, Tensor)>,
+    /// (B, 1, 1, T) additive encoder padding bias.
+    cross_bias: Tensor,
+    /// Per layer, self-attention keys and values (B·beams, H, step, d_kv).
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl DecoderState {
+    /// Number of tokens decoded so far.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    pub fn beams_per_input(&self) -> usize {
+        self.beams
+    }
+
+    /// Number of decoder rows (batch × beams).
+    pub fn rows(&self) -> usize {
+        self.batch * self.beams
+    }
+
+    /// Reorders the self-attention cache: new row `r` continues old row `beam_indices[r]`.
+    /// A beam can only continue a beam of the same input (the cross-attention cache is per
+    /// input), so `beam_indices[r] / beams` must equal `r / beams`.
+    pub fn reorder(&mut self, beam_indices: &[usize]) -> Result<()> {
+        let rows = self.rows();
+        if beam_indices.len() != rows {
+            return Err(T5Error::InvalidInput(format!(
+                "reorder: {} indices for {rows} decoder rows",
+                beam_indices.len()
+            )));
+        }
+        if let Some((r, &src)) = beam_indices
+            .iter()
+            .enumerate()
+            .find(|(r, &src)| src >= rows || src / self.beams != r / self.beams)
+        {
+            return Err(T5Error::InvalidInput(format!(
+                "reorder: row {r} cannot continue row {src} (beams of input {} are rows {}..{})",
+                r / self.beams,
+                (r / self.beams) * self.beams,
+                (r / self.beams + 1) * self.beams
+            )));
+        }
+        let idx: Vec<u32> = beam_indices.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::from_vec(idx, rows, self.cross_bias.device())?;
+        for entry in self.self_kv.iter_mut() {
+            if let Some((k, v)) = entry {
+                *entry = Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl T5ForRec {
+    /// Prepares incremental decoding of `beams_per_input` beams for each encoded input
+    /// (encoder_out B×T×d, encoder_mask B×T). Cross-attention keys and values are projected
+    /// here, once per input.
+    pub fn start_decoding(
+        &self,
+        encoder_out: &Tensor,
+        encoder_mask: &Tensor,
+        beams_per_input: usize,
+    ) -> Result<DecoderState> {
+        let (b, t, _) = encoder_out.dims3()?;
+        if beams_per_input == 0 || encoder_mask.dims() != [b, t] {
+            return Err(T5Error::InvalidInput(format!(
+                "start_decoding: {beams_per_input} beams, encoder output {:?}, mask {:?}",
+                encoder_out.dims(),
+                encoder_mask.dims()
+            )));
+        }
+        let mut cross_kv = Vec::with_capacity(self.decoder.len());
+        for block in &self.decoder {
+            let att = &block.cross_attn;
+            let k = att.split_heads(&att.k.forward(encoder_out)?)?;
+            let v = att.split_heads(&att.v.forward(encoder_out)?)?;
+            cross_kv.push((k, v));
+        }
+        Ok(DecoderState {
+            batch: b,
+            beams: beams_per_input,
+            step: 0,
+            cross_kv,
+            cross_bias: padding_bias(encoder_mask, self.dtype)?,
+            self_kv: vec![None; self.decoder.len()],
+        })
+    }
+
+    /// Feeds one token per row (`last_tokens`: B·beams u32; the decoder start token at step 0)
+    /// and returns the next-token log-probabilities, (B·beams)×V (f32 for a half-precision
+    /// model). Inference only: no
+    /// dropout, no gradient.
+    pub fn decode_step(&self, state: &mut DecoderState, last_tokens: &Tensor) -> Result<Tensor> {
+        let n = state.rows();
+        if last_tokens.elem_count() != n {
+            return Err(T5Error::InvalidInput(format!(
+                "decode_step: {} tokens for {n} decoder rows",
+                last_tokens.elem_count()
+            )));
+        }
+        let (b, beams, t) = (state.batch, state.beams, state.step);
+        let heads = self.cfg.num_heads;
+        let dk = self.cfg.d_kv;
+        let mut h = embedding(&self.shared, &last_tokens.flatten_all()?)?;
+        let pos = self
+            .decoder_bias
+            .forward(1, t + 1, t)?
+            .to_dtype(self.dtype)?
+            .contiguous()?;
+        for (l, block) in self.decoder.iter().enumerate() {
+            let att = &block.self_attn;
+            let x = block.self_norm.forward_inference(&h)?;
+            let q = att.q.forward(&x)?.reshape((n, heads, 1, dk))?;
+            let k = att.k.forward(&x)?.reshape((n, heads, 1, dk))?;
+            let v = att.v.forward(&x)?.reshape((n, heads, 1, dk))?;
+            let (k, v) = match &state.self_kv[l] {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            };
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
+            let w = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = w.matmul(&v)?.reshape((n, heads * dk))?;
+            h = (h + att.o.forward(&ctx)?)?;
+            state.self_kv[l] = Some((k, v));
+
+            let ca = &block.cross_attn;
+            let x = block.cross_norm.forward_inference(&h)?;
+            // Beams become query positions of their input: the shared keys are never repeated.
+            let q =
+                ca.q.forward(&x)?
+                    .reshape((b, beams, heads, dk))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+            let (ck, cv) = &state.cross_kv[l];
+            let scores = q.matmul(&ck.t()?)?.broadcast_add(&state.cross_bias)?;
+            let w = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = w.matmul(cv)?.transpose(1, 2)?.reshape((n, heads * dk))?;
+            h = (h + ca.o.forward(&ctx)?)?;
+
+            let f =
+                block
+                    .ff
+                    .forward(&block.ff_norm.forward_inference(&h)?, &self.dropout, false)?;
+            h = (h + f)?;
+        }
+        let h = self.decoder_norm.forward_inference(&h)?;
+        let logits = at_least_f32(&self.project_to_vocab(&h)?)?;
+        state.step += 1;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+}
