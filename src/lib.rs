@@ -1,1 +1,14 @@
-//! PeaPOD composed from the peapod-* crates.
+//! PeaPOD composed from the `peapod-*` crates: the model (soft prompts + T5), its training loop,
+//! checkpoints, beam-search decoding and evaluation against the protocol's metrics.
+
+pub mod checkpoint;
+pub mod decode;
+mod error;
+pub mod eval;
+pub mod model;
+pub mod optim;
+pub mod pipeline;
+pub mod train;
+
+pub use error::PeapodError;
+pub use model::{BatchTensors, ModelConfig, PeaPod, Variant};

@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::topk::{Candidate, TopK};
 use crate::trie::{PrefixTrie, ROOT};
 use crate::BeamError;
@@ -158,6 +160,21 @@ pub struct Hypothesis {
     pub tokens: Vec<u32>,
     /// `sum of log-probabilities / tokens.len() ^ length_penalty` (HF `sequences_scores`).
     pub score: f32,
+}
+
+/// One input's ranking buffers, reused every step.
+struct Selector {
+    topk: TopK,
+    cands: Vec<Candidate>,
+}
+
+impl Selector {
+    fn new(k: usize) -> Self {
+        Self {
+            topk: TopK::new(k),
+            cands: Vec::with_capacity(k),
+        }
+    }
 }
 
 /// The best `num_beams` finished hypotheses of every input (HF `BeamHypotheses`), stored in
@@ -340,8 +357,9 @@ pub fn beam_search<M: StepModel>(
     let mut done = vec![false; batch_size];
     let mut rows = batch_size;
     let mut log_probs: Vec<f32> = Vec::new();
-    let mut topk = TopK::new(2 * nb);
-    let mut cands: Vec<Candidate> = Vec::with_capacity(2 * nb);
+    // One selector per input, so that inputs are ranked in parallel (each input's ranking only
+    // reads its own rows, hence the results do not depend on the thread count).
+    let mut selectors: Vec<Selector> = (0..batch_size).map(|_| Selector::new(2 * nb)).collect();
     let mut finished = Finished::new(batch_size, nb, width);
 
     for t in 1..=width {
@@ -362,33 +380,52 @@ pub fn beam_search<M: StepModel>(
         let mut new_rows = 0;
         indices.clear();
 
+        if eos_banned {
+            for b in (0..batch_size).filter(|&b| !done[b] && tries[b].is_none()) {
+                for row in in_start[b]..in_start[b] + in_count[b] {
+                    log_probs[row * vocab + eos as usize] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        {
+            let (log_probs, score, node) = (&log_probs, &score, &node);
+            let (in_start, in_count, done, tries) = (&in_start, &in_count, &done, &tries);
+            selectors
+                .par_iter_mut()
+                .enumerate()
+                .filter(|(b, _)| !done[*b])
+                .for_each(|(b, sel)| {
+                    let (start, count) = (in_start[b], in_count[b]);
+                    sel.topk.clear();
+                    for r in 0..count {
+                        let row = start + r;
+                        let lp = &log_probs[row * vocab..(row + 1) * vocab];
+                        match tries[b] {
+                            None => sel.topk.offer_dense(lp, score[row], r as u32),
+                            Some(trie) => {
+                                // Only the allowed children are looked at: the mask is implicit.
+                                for &tok in trie.children(node[row]).0 {
+                                    if !(eos_banned && tok == eos) {
+                                        sel.topk.offer(
+                                            score[row] + lp[tok as usize],
+                                            r as u32,
+                                            tok,
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    sel.topk.drain_sorted(&mut sel.cands);
+                });
+        }
+
         for b in 0..batch_size {
             if done[b] {
                 continue;
             }
-            let (start, count) = (in_start[b], in_count[b]);
-            topk.clear();
-            for r in 0..count {
-                let row = start + r;
-                let lp = &mut log_probs[row * vocab..(row + 1) * vocab];
-                match tries[b] {
-                    None => {
-                        if eos_banned {
-                            lp[eos as usize] = f32::NEG_INFINITY;
-                        }
-                        topk.offer_dense(lp, score[row], r as u32);
-                    }
-                    Some(trie) => {
-                        // Only the allowed children are looked at: the mask is implicit.
-                        for &tok in trie.children(node[row]).0 {
-                            if !(eos_banned && tok == eos) {
-                                topk.offer(score[row] + lp[tok as usize], r as u32, tok);
-                            }
-                        }
-                    }
-                }
-            }
-            topk.drain_sorted(&mut cands);
+            let start = in_start[b];
+            let cands = &selectors[b].cands;
 
             let first_new = new_rows;
             let mut running = 0;

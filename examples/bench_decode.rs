@@ -1,0 +1,133 @@
+//! Beam-search throughput of `peapod::decode::generate` on a random-weight T5, printed as one
+//! JSON line per configuration, next to Hugging Face `generate`'s time for the same job on a
+//! 2-core CPU (PyTorch 2.15, transformers 4.57; batch 32, 20 beams, return 20, 40-token inputs).
+//!
+//! ```text
+//! cargo run --release --example bench_decode -- --config all --repeats 3
+//! ```
+//!
+//! The timed work is the encoder plus the whole search, as in HF `generate`. Weights are drawn
+//! from a fixed seed, so every run decodes the same hypotheses.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use clap::Parser;
+use peapod::decode::{generate, T5Decoder};
+use peapod_beam::{beam_search, BeamConfig, Constraint};
+use peapod_t5_rec::{T5Config, T5ForRec};
+
+/// Seconds per batch of 32 for HF `generate` on this CPU (see the module docs).
+const HF_SECONDS: [(&str, f64); 2] = [("tiny", 2.466), ("t5-small", 13.01)];
+
+#[derive(Parser)]
+#[command(about = "Beam-search throughput on random-weight T5 models, as JSON lines")]
+struct Args {
+    /// tiny, t5-small or all.
+    #[arg(long, default_value = "all")]
+    config: String,
+    /// Timed runs per configuration; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Untimed runs first (page faults, thread pool start-up).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 20)]
+    beams: usize,
+    #[arg(long, default_value_t = 20)]
+    return_sequences: usize,
+    #[arg(long, default_value_t = 40)]
+    input_len: usize,
+    /// Decoder length limit counting the start token (HF's max_length): 11 = up to 10 tokens.
+    #[arg(long, default_value_t = 11)]
+    max_length: usize,
+    /// Size bound of one decoder group's log-probabilities (default: the library's, 8 MiB).
+    #[arg(long)]
+    group_mib: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let configs: Vec<(&str, T5Config)> = match args.config.as_str() {
+        "tiny" => vec![("tiny", T5Config::tiny())],
+        "t5-small" => vec![("t5-small", T5Config::t5_small())],
+        "all" => vec![
+            ("tiny", T5Config::tiny()),
+            ("t5-small", T5Config::t5_small()),
+        ],
+        other => bail!("unknown --config {other}: use tiny, t5-small or all"),
+    };
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    for (name, cfg) in configs {
+        let varmap = VarMap::new();
+        let model = T5ForRec::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        model.reset_parameters(&varmap, "", 0)?;
+        let (ids, words, mask) = inputs(args.batch, args.input_len, cfg.vocab_size)?;
+        let beam = BeamConfig::t5(args.beams, args.return_sequences, args.max_length);
+        let run = || -> Result<f64> {
+            let start = Instant::now();
+            let enc = model.encode(&model.embed_input(&ids, &words)?, &mask, false)?;
+            let out = match args.group_mib {
+                None => generate(&model, &enc, &mask, &beam, &Constraint::None)?,
+                Some(mib) => {
+                    let mut dec = T5Decoder::new(&model).with_group_bytes(mib << 20);
+                    let state = dec.start(&enc, &mask, beam.num_beams)?;
+                    beam_search(&mut dec, state, args.batch, &beam, &Constraint::None)?
+                }
+            };
+            let secs = start.elapsed().as_secs_f64();
+            if out.len() != args.batch {
+                bail!("{} results for {} inputs", out.len(), args.batch);
+            }
+            Ok(secs)
+        };
+        for _ in 0..args.warmup {
+            run()?;
+        }
+        let mut times = (0..args.repeats)
+            .map(|_| run())
+            .collect::<Result<Vec<_>>>()?;
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let hf = HF_SECONDS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+        let mut line = serde_json::json!({
+            "config": name,
+            "batch": args.batch,
+            "beams": args.beams,
+            "return_sequences": args.return_sequences,
+            "input_len": args.input_len,
+            "max_length": args.max_length,
+            "repeats": args.repeats,
+            "seconds_per_batch": median,
+            "min_seconds_per_batch": times[0],
+            "inputs_per_second": args.batch as f64 / median,
+        });
+        // The HF figures are for exactly this job at batch 32 and 20 beams.
+        if let (Some(hf), 32, 20) = (hf, args.batch, args.beams) {
+            line["hf_seconds_per_batch"] = hf.into();
+            line["speedup_vs_hf"] = (hf / median).into();
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Full-length inputs of ids spread over the vocabulary (none is padding or EOS).
+fn inputs(batch: usize, len: usize, vocab: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let ids: Vec<u32> = (0..batch * len)
+        .map(|i| ((i as u64 * 2_654_435_761 % (vocab as u64 - 2)) + 2) as u32)
+        .collect();
+    let ids = Tensor::from_vec(ids, (batch, len), &Device::Cpu)?;
+    let words = Tensor::zeros((batch, len), DType::U32, &Device::Cpu)?;
+    let mask = Tensor::ones((batch, len), DType::U32, &Device::Cpu)?;
+    Ok((ids, words, mask))
+}

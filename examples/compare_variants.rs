@@ -1,0 +1,151 @@
+//! Trains every variant (peapod, peapod-x, pod, p5, similar-users) with the same budget and seed
+//! and prints one table with the popularity and MF baselines beside them: the paper's ordering,
+//! checked at CPU scale.
+//! `cargo run --release --example compare_variants -- --dataset beauty --config tiny --budget-minutes 5`
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use peapod::eval::EvalConfig;
+use peapod::model::{ModelConfig, PeaPod, Variant};
+use peapod::optim::AdamWConfig;
+use peapod::pipeline::{evaluate, fixed_user_sample, train_or_load_mf, user_queries, EvalRequest};
+use peapod::train::{train, TrainConfig, TrainingData};
+use peapod_pmf::MfConfig;
+
+#[derive(Parser)]
+#[command(about = "Train each PeaPOD variant with the same budget and compare")]
+struct Cli {
+    #[arg(long, default_value = "beauty")]
+    dataset: String,
+    #[arg(long, default_value = "tiny")]
+    config: String,
+    /// Training minutes per variant.
+    #[arg(long, default_value_t = 5.0)]
+    budget_minutes: f64,
+    /// Test users evaluated (fixed sample).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Variants, comma-separated.
+    #[arg(long, default_value = "peapod,peapod-x,pod,p5,similar-users")]
+    variants: String,
+    /// Also run the free 20-beam search (slower; exact top-n scoring always runs).
+    #[arg(long)]
+    beam: bool,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 2022)]
+    seed: u64,
+    #[arg(long, default_value = "runs/compare")]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let device = common::default_device();
+    let mut data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
+    let mf_config = MfConfig {
+        seed: cli.seed,
+        ..MfConfig::default()
+    };
+    let mf = train_or_load_mf(
+        &data.dataset,
+        &mf_config,
+        Some(&cli.out.join("mf.safetensors")),
+        |_| {},
+    )?;
+    let queries = user_queries(&mf, &data.dataset, &device)?;
+    let users = fixed_user_sample(&data.dataset, cli.users);
+    let mut rows: Vec<(String, BTreeMap<String, f64>)> = Vec::new();
+    let mut baselines = None;
+    for name in cli.variants.split(',') {
+        let variant = Variant::parse(name.trim())?;
+        let config = ModelConfig::new(variant, common::t5_config(&cli.config)?, mf.dim(), cli.seed);
+        let model = PeaPod::new(config, Some(&queries), &device)?;
+        let train_config = TrainConfig {
+            epochs: 1,
+            batch_size: 32,
+            optimizer: AdamWConfig {
+                lr: cli.lr,
+                ..AdamWConfig::default()
+            },
+            seed: cli.seed,
+            valid_users: Some(256),
+            max_seconds: Some(cli.budget_minutes * 60.0),
+            ..TrainConfig::default()
+        };
+        eprintln!("== {variant}: training {:.1} min", cli.budget_minutes);
+        let outcome = train(
+            &model,
+            &data,
+            &train_config,
+            &cli.out.join(variant.name()),
+            false,
+            true,
+        )?;
+        let request = EvalRequest {
+            split: "test".into(),
+            users: Some(users.clone()),
+            tasks: vec!["sequential".into(), "topn".into()],
+            decoding: EvalConfig {
+                exact_topn: true,
+                free_beam: cli.beam,
+                ..EvalConfig::default()
+            },
+        };
+        let report = evaluate(
+            &model,
+            &mut data,
+            Some(&mf),
+            &request,
+            "compare_variants",
+            true,
+        )?;
+        for (task, r) in &report.tasks {
+            for (mode, m) in &r.modes {
+                let mut m = m.clone();
+                m.insert("steps".into(), outcome.state.global_step as f64);
+                rows.push((format!("{task:<11} {:<14} {mode}", variant.name()), m));
+            }
+        }
+        baselines.get_or_insert(report.baselines);
+    }
+    if let Some(b) = baselines {
+        for (task, m) in b.popularity {
+            rows.push((format!("{task:<11} {:<14} -", "popularity"), m));
+        }
+        for (task, m) in b.mf {
+            rows.push((format!("{task:<11} {:<14} -", "MF (BPR)"), m));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let cols = ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "steps"];
+    println!(
+        "{} · {} · {:.1} min per variant · {} test users · seed {}",
+        cli.dataset,
+        cli.config,
+        cli.budget_minutes,
+        users.len(),
+        cli.seed
+    );
+    print!("{:<11} {:<14} {:<12}", "task", "ranker", "mode");
+    for c in cols {
+        print!(" {c:>8}");
+    }
+    println!();
+    for (label, m) in rows {
+        print!("{label:<39}");
+        for c in cols {
+            match m.get(c) {
+                Some(v) if c == "steps" => print!(" {v:>8.0}"),
+                Some(v) => print!(" {v:>8.4}"),
+                None => print!(" {:>8}", ""),
+            }
+        }
+        println!();
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The README's main job, on the shipped beauty data and a laptop CPU:
+//! 1. matrix factorisation on the training interactions (the user queries, and the MF baseline);
+//! 2. a PeaPOD model at the tiny T5 config on the sequential and top-n tasks — from the shipped
+//!    checkpoint when the repository has one (then briefly fine-tuned), otherwise from scratch
+//!    for a few minutes;
+//! 3. evaluation on a fixed sample of test users, with the popularity and MF baselines on the
+//!    same users and candidates, and one user's recommendations with the weights α of the
+//!    user-prompt components.
+//!
+//! `cargo run --release --example quickstart [-- --train-minutes 3 --users 2000]`
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use peapod::eval::{rank_candidates_exactly, EvalConfig};
+use peapod::model::{ModelConfig, PeaPod, Variant};
+use peapod::optim::AdamWConfig;
+use peapod::pipeline::{
+    evaluate, fixed_user_sample, load_model, train_or_load_mf, user_queries, EvalRequest,
+};
+use peapod::train::{train, TrainConfig, TrainingData};
+use peapod_datasets::{evaluation_examples, Split, Task};
+use peapod_pmf::MfConfig;
+use peapod_t5_rec::T5Config;
+
+#[derive(Parser)]
+#[command(about = "PeaPOD quickstart on the shipped beauty data (tiny T5, CPU)")]
+struct Cli {
+    /// Minutes of training (fine-tuning when a shipped checkpoint exists).
+    #[arg(long, default_value_t = 3.0)]
+    train_minutes: f64,
+    /// Test users evaluated (a fixed sample, the same for the model and the baselines).
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Also run the paper-protocol free 20-beam search (slower; exact top-n scoring always runs).
+    #[arg(long)]
+    beam: bool,
+    /// Shipped checkpoint to start from (skipped when absent).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 2022)]
+    seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    let device = common::default_device();
+    let data_root = common::default_data_root();
+    let mut data = TrainingData::load(&data_root, "beauty", None)?;
+    eprintln!(
+        "[1/3] beauty: {} users, {} items, {} interactions; MF on the training interactions",
+        data.dataset.num_users(),
+        data.dataset.num_items(),
+        data.dataset.num_interactions()
+    );
+    let mf_config = MfConfig {
+        seed: cli.seed,
+        ..MfConfig::default()
+    };
+    let mf = train_or_load_mf(
+        &data.dataset,
+        &mf_config,
+        Some(&cli.out.join("mf.safetensors")),
+        |p| {
+            if p.iteration % 20 == 0 {
+                eprintln!(
+                    "      MF iteration {}/{}: loss {:.4}",
+                    p.iteration, p.iterations, p.loss
+                );
+            }
+        },
+    )?;
+    let queries = user_queries(&mf, &data.dataset, &device)?;
+
+    let shipped = cli
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| data_root.join("checkpoints/beauty-tiny-peapod.safetensors"));
+    let (model, provenance) = if shipped.exists() {
+        let (model, header) = load_model(&shipped, Some(&queries), &device)?;
+        eprintln!(
+            "[2/3] PeaPOD (tiny T5) from the shipped checkpoint {} (epoch {}, step {}), fine-tuning {:.1} min",
+            shipped.display(),
+            header.state.epoch,
+            header.state.global_step,
+            cli.train_minutes
+        );
+        (model, format!("shipped checkpoint {}", shipped.display()))
+    } else {
+        eprintln!(
+            "[2/3] no shipped checkpoint at {}: PeaPOD (tiny T5) from RANDOM initialisation, {:.1} min of training. \
+             A few CPU minutes from scratch teach it little: expect it below the baselines.",
+            shipped.display(),
+            cli.train_minutes
+        );
+        let config = ModelConfig::new(Variant::Peapod, T5Config::tiny(), mf.dim(), cli.seed);
+        (
+            PeaPod::new(config, Some(&queries), &device)?,
+            "random initialisation".to_string(),
+        )
+    };
+    eprintln!("      {} parameters", model.num_parameters());
+    let train_config = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        optimizer: AdamWConfig {
+            lr: 1e-3,
+            ..AdamWConfig::default()
+        },
+        seed: cli.seed,
+        valid_users: Some(256),
+        max_seconds: Some(cli.train_minutes * 60.0),
+        ..TrainConfig::default()
+    };
+    if cli.train_minutes > 0.0 {
+        let outcome = train(&model, &data, &train_config, &cli.out, false, true)?;
+        eprintln!(
+            "      trained {} steps ({} samples)",
+            outcome.state.global_step,
+            outcome.state.global_step * train_config.batch_size as u64
+        );
+    }
+
+    eprintln!("[3/3] evaluating {} test users", cli.users);
+    let users = fixed_user_sample(&data.dataset, cli.users);
+    let request = EvalRequest {
+        split: "test".into(),
+        users: Some(users.clone()),
+        tasks: vec!["sequential".into(), "topn".into()],
+        decoding: EvalConfig {
+            exact_topn: true,
+            free_beam: cli.beam,
+            ..EvalConfig::default()
+        },
+    };
+    let report = evaluate(&model, &mut data, Some(&mf), &request, &provenance, true)?;
+    std::fs::create_dir_all(&cli.out)?;
+    let report_path = cli.out.join("report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    println!("{}", report.table());
+
+    // One user's top-n recommendations and the component weights behind their prompt.
+    let user = users[0];
+    let examples: Vec<_> = evaluation_examples(
+        Task::TopN,
+        Split::Test,
+        &data.dataset,
+        &data.templates,
+        None,
+        cli.seed,
+    )?
+    .into_iter()
+    .filter(|e| e.user == user)
+    .collect();
+    let ranked = rank_candidates_exactly(&model, &data.tokenizer, &examples, 1, false)?;
+    if let (Some(example), Some(list)) = (examples.first(), ranked.first()) {
+        let target = example.target_item.unwrap_or(0);
+        println!(
+            "user {user} ({}): test item {target}; PeaPOD's top 10 of its 100 candidates:",
+            data.dataset.user_key(user).unwrap_or("?")
+        );
+        for (rank, item) in list.iter().take(10).enumerate() {
+            let mark = if *item == target {
+                "  <- the test item"
+            } else {
+                ""
+            };
+            println!(
+                "  {:>2}. item {item} ({}){mark}",
+                rank + 1,
+                data.dataset.item_key(*item).unwrap_or("?")
+            );
+        }
+        if let Some(alpha) = model.component_weights(&[user])? {
+            let alpha = alpha.flatten_all()?.to_vec1::<f32>()?;
+            let shown: Vec<String> = alpha.iter().map(|a| format!("{a:+.2}")).collect();
+            println!("  component weights α: [{}]", shown.join(" "));
+        }
+    }
+    println!(
+        "total wall time {:.1} s; report in {}",
+        started.elapsed().as_secs_f64(),
+        report_path.display()
+    );
+    Ok(())
+}

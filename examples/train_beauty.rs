@@ -1,0 +1,19 @@
+//! Trains PeaPOD on the beauty dataset with the paper's settings (SPEC §6), then optionally
+//! evaluates the best checkpoint. `cargo run --release --example train_beauty --features cuda -- --help`
+
+mod common;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Train PeaPOD on beauty (P5 protocol)")]
+struct Cli {
+    #[command(flatten)]
+    args: common::TrainArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::run_training("beauty", &cli.args)?;
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! Trains PeaPOD on the sports dataset with the paper's settings (SPEC §6), then optionally
+//! evaluates the best checkpoint. `cargo run --release --example train_sports --features cuda -- --help`
+
+mod common;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Train PeaPOD on sports (P5 protocol)")]
+struct Cli {
+    #[command(flatten)]
+    args: common::TrainArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::run_training("sports", &cli.args)?;
+    Ok(())
+}

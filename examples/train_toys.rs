@@ -1,0 +1,19 @@
+//! Trains PeaPOD on the toys dataset with the paper's settings (SPEC §6), then optionally
+//! evaluates the best checkpoint. `cargo run --release --example train_toys --features cuda -- --help`
+
+mod common;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Train PeaPOD on toys (P5 protocol)")]
+struct Cli {
+    #[command(flatten)]
+    args: common::TrainArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::run_training("toys", &cli.args)?;
+    Ok(())
+}

@@ -1,0 +1,584 @@
+//! Beam-search decoding of a `peapod-t5-rec` model through `peapod-beam`.
+//!
+//! The two crates disagree on the row layout, on purpose: the search hands the model a
+//! variable number of live hypotheses (one row per input at the first step, then up to
+//! `num_beams` per unfinished input, fewer under constraints), while the T5 decoder keeps a fixed
+//! `batch × beams` layout whose rows of one input share that input's cross-attention keys and
+//! values. [`T5Decoder`] bridges them: each live hypothesis owns one slot in its input's block of
+//! T5 rows, the remaining slots are computed but never read, and only the hypotheses' rows of
+//! log-probabilities are handed to the search. The batch is decoded in groups of inputs (each
+//! with its own cache) so that no step materialises one huge `rows × vocab` matrix, and groups
+//! whose inputs have all finished are no longer decoded.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use peapod::decode::generate;
+//! use peapod_beam::{BeamConfig, Constraint};
+//! use peapod_t5_rec::{T5Config, T5ForRec};
+//!
+//! # fn main() -> Result<(), peapod::PeapodError> {
+//! let cfg = T5Config { vocab_size: 50, d_model: 16, d_kv: 4, d_ff: 32, ..T5Config::tiny() };
+//! let varmap = VarMap::new();
+//! let model = T5ForRec::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+//! model.reset_parameters(&varmap, "", 7)?;
+//!
+//! let ids = Tensor::new(&[[5u32, 6, 7, 1], [8, 9, 1, 0]], &Device::Cpu)?;
+//! let mask = Tensor::new(&[[1u32, 1, 1, 1], [1, 1, 1, 0]], &Device::Cpu)?;
+//! let words = Tensor::zeros((2, 4), DType::U32, &Device::Cpu)?;
+//! let enc = model.encode(&model.embed_input(&ids, &words)?, &mask, false)?;
+//!
+//! // 4 beams, the 3 best hypotheses per input, at most 5 generated tokens.
+//! let best = generate(&model, &enc, &mask, &BeamConfig::t5(4, 3, 6), &Constraint::None)?;
+//! assert_eq!(best.len(), 2);
+//! assert_eq!(best[0].len(), 3);
+//! assert!(best[0][0].score >= best[0][1].score);
+//! # Ok(())
+//! # }
+//! ```
+
+use candle_core::{DType, Device, Storage, Tensor};
+use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel};
+use peapod_t5_rec::{DecoderState, T5ForRec};
+use rayon::prelude::*;
+
+use crate::PeapodError;
+
+/// Beam search over the encoded inputs `encoder_out` (B×T×d, from [`T5ForRec::encode`]) with
+/// keep-mask `encoder_mask` (B×T): per input, up to `cfg.num_return_sequences` hypotheses, best
+/// first (see [`peapod_beam::beam_search`] for the exact semantics and [`Constraint`] for
+/// restricting outputs to item ids or candidate lists).
+pub fn generate(
+    model: &T5ForRec,
+    encoder_out: &Tensor,
+    encoder_mask: &Tensor,
+    cfg: &BeamConfig,
+    constraint: &Constraint,
+) -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
+    let batch = encoder_out.dim(0)?;
+    let mut decoder = T5Decoder::new(model);
+    let state = decoder.start(encoder_out, encoder_mask, cfg.num_beams)?;
+    Ok(beam_search(&mut decoder, state, batch, cfg, constraint)?)
+}
+
+/// Upper bound on one decoder call's log-probability matrix. The batch is decoded in groups of
+/// inputs below this size: a 640 × 32128 f32 matrix (batch 32 × 20 beams at T5's vocabulary)
+/// is 82 MB, above what glibc's allocator recycles (32 MB at most), so each of the several such
+/// tensors a step creates (logits, then candle's unfused log-softmax) was freshly mapped and
+/// page-faulted, and streamed through memory. Measured on the tiny config (batch 32, 20 beams):
+/// one group ~14 s per batch, groups of 2/4/8/16/32 MiB 4.4/4.3/3.2/4.0/4.2 s (noisy 2-core
+/// machine). Groups whose inputs have all finished are skipped as well.
+const GROUP_BYTES: usize = 8 << 20;
+
+/// A [`StepModel`] over a [`T5ForRec`]: what [`generate`] uses, exposed for callers that drive
+/// [`beam_search`] themselves.
+#[derive(Debug)]
+pub struct T5Decoder<'a> {
+    model: &'a T5ForRec,
+    group_bytes: usize,
+    /// Tokens of one group's T5 rows, reused every step.
+    tokens: Vec<u32>,
+}
+
+/// A contiguous range of inputs decoded by one T5 call.
+#[derive(Debug)]
+struct Group {
+    decoder: DecoderState,
+    first_input: usize,
+    inputs: usize,
+}
+
+/// The decoder state of [`T5Decoder`]: the T5 caches in their fixed `inputs × beams` layout
+/// plus where each of the search's rows lives in them.
+#[derive(Debug)]
+pub struct T5BeamState {
+    groups: Vec<Group>,
+    beams: usize,
+    /// Search row → global T5 row; the T5 rows of input `b` are `b * beams .. (b + 1) * beams`.
+    slot: Vec<usize>,
+    /// Search row → input.
+    input: Vec<usize>,
+    /// Reused buffers for [`StepModel::reorder`].
+    perm: Vec<usize>,
+    next_slot: Vec<usize>,
+    next_input: Vec<usize>,
+}
+
+impl T5BeamState {
+    /// Number of live hypotheses (the search's rows).
+    pub fn live_rows(&self) -> usize {
+        self.slot.len()
+    }
+}
+
+impl<'a> T5Decoder<'a> {
+    pub fn new(model: &'a T5ForRec) -> Self {
+        Self {
+            model,
+            group_bytes: GROUP_BYTES,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Decodes the inputs in groups whose `beams × vocab` f32 log-probabilities fit in `bytes`
+    /// (at least one input per group; default 8 MiB). Results only change by float rounding
+    /// (matrix products of other shapes round differently).
+    pub fn with_group_bytes(mut self, bytes: usize) -> Self {
+        self.group_bytes = bytes;
+        self
+    }
+
+    /// The initial state for [`beam_search`] over `encoder_out` (B×T×d) with `num_beams`
+    /// beams: one search row per input, as the search expects at its first step.
+    pub fn start(
+        &self,
+        encoder_out: &Tensor,
+        encoder_mask: &Tensor,
+        num_beams: usize,
+    ) -> Result<T5BeamState, PeapodError> {
+        let batch = encoder_out.dim(0)?;
+        if encoder_mask.dim(0)? != batch {
+            return Err(PeapodError::Config(format!(
+                "encoder output {:?} and mask {:?} differ in batch size",
+                encoder_out.dims(),
+                encoder_mask.dims()
+            )));
+        }
+        let row_bytes = self.model.config().vocab_size * std::mem::size_of::<f32>();
+        let per_group = (self.group_bytes / (row_bytes * num_beams.max(1))).max(1);
+        let mut groups = Vec::with_capacity(batch.div_ceil(per_group));
+        let mut first = 0;
+        while first < batch {
+            let inputs = per_group.min(batch - first);
+            let decoder = self.model.start_decoding(
+                &encoder_out.narrow(0, first, inputs)?,
+                &encoder_mask.narrow(0, first, inputs)?,
+                num_beams,
+            )?;
+            groups.push(Group {
+                decoder,
+                first_input: first,
+                inputs,
+            });
+            first += inputs;
+        }
+        let rows = batch * num_beams;
+        Ok(T5BeamState {
+            groups,
+            beams: num_beams,
+            slot: (0..batch).map(|b| b * num_beams).collect(),
+            input: (0..batch).collect(),
+            perm: Vec::with_capacity(rows),
+            next_slot: Vec::with_capacity(rows),
+            next_input: Vec::with_capacity(rows),
+        })
+    }
+}
+
+impl StepModel for T5Decoder<'_> {
+    type State = T5BeamState;
+    type Error = PeapodError;
+
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
+    fn step(
+        &mut self,
+        state: &mut T5BeamState,
+        last_tokens: &[u32],
+        log_probs: &mut Vec<f32>,
+    ) -> Result<(), PeapodError> {
+        let live = state.slot.len();
+        if last_tokens.len() != live {
+            return Err(PeapodError::Config(format!(
+                "T5Decoder::step: {} tokens for {live} live hypotheses",
+                last_tokens.len()
+            )));
+        }
+        let vocab = self.vocab_size();
+        let beams = state.beams;
+        // Growing only on the first steps: afterwards the buffer is reused as is.
+        log_probs.resize(live * vocab, 0.0);
+        // Search rows are grouped by ascending input, so each group owns a contiguous range.
+        let mut row = 0;
+        for group in &mut state.groups {
+            let base = group.first_input * beams;
+            let end_slot = base + group.inputs * beams;
+            let first_row = row;
+            while row < live && state.slot[row] < end_slot {
+                row += 1;
+            }
+            if row == first_row {
+                // Every input of the group has finished: its cache is never read again.
+                continue;
+            }
+            let rows = group.decoder.rows();
+            // Slots without a hypothesis are decoded too (the layout is fixed) but never read:
+            // any token will do.
+            self.tokens.clear();
+            self.tokens.resize(rows, self.model.config().pad_token_id);
+            for (&slot, &tok) in state.slot[first_row..row]
+                .iter()
+                .zip(&last_tokens[first_row..row])
+            {
+                self.tokens[slot - base] = tok;
+            }
+            let tokens = Tensor::from_slice(&self.tokens, rows, self.model.device())?;
+            let all = self.model.decode_step(&mut group.decoder, &tokens)?;
+            gather_rows(
+                &all,
+                state.slot[first_row..row].iter().map(|&s| s - base),
+                vocab,
+                &mut log_probs[first_row * vocab..row * vocab],
+            )?;
+        }
+        if row != live {
+            return Err(PeapodError::Config(format!(
+                "T5Decoder::step: hypothesis row {row} has no decoder slot"
+            )));
+        }
+        Ok(())
+    }
+
+    fn reorder(&mut self, state: &mut T5BeamState, indices: &[usize]) -> Result<(), PeapodError> {
+        let beams = state.beams;
+        let T5BeamState {
+            groups,
+            slot,
+            input,
+            perm,
+            next_slot,
+            next_input,
+            ..
+        } = state;
+        // Slots left without a hypothesis keep their own (stale) cache row: valid for the
+        // T5 layout, and never read.
+        let rows = groups.iter().map(|g| g.decoder.rows()).sum();
+        perm.clear();
+        perm.extend(0..rows);
+        next_slot.clear();
+        next_input.clear();
+        let mut current = usize::MAX;
+        let mut used = 0;
+        for &src in indices {
+            let b = *input.get(src).ok_or_else(|| {
+                PeapodError::Config(format!(
+                    "T5Decoder::reorder: row {src} of {} does not exist",
+                    input.len()
+                ))
+            })?;
+            if b != current {
+                current = b;
+                used = 0;
+            }
+            if used == beams {
+                return Err(PeapodError::Config(format!(
+                    "T5Decoder::reorder: more than {beams} hypotheses for input {b}, or its rows \
+                     are not contiguous"
+                )));
+            }
+            let dst = b * beams + used;
+            perm[dst] = slot[src];
+            next_slot.push(dst);
+            next_input.push(b);
+            used += 1;
+        }
+        std::mem::swap(slot, next_slot);
+        std::mem::swap(input, next_input);
+        for group in groups.iter_mut() {
+            let base = group.first_input * beams;
+            let local = &mut perm[base..base + group.inputs * beams];
+            if local.iter().enumerate().any(|(i, &p)| p != base + i) {
+                local.iter_mut().for_each(|p| *p -= base);
+                group.decoder.reorder(local)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies rows `rows` of the (N×vocab) matrix `all` into `out` (rows.len() × vocab, f32).
+fn gather_rows(
+    all: &Tensor,
+    rows: impl ExactSizeIterator<Item = usize>,
+    vocab: usize,
+    out: &mut [f32],
+) -> Result<(), PeapodError> {
+    let all = all.to_dtype(DType::F32)?.contiguous()?;
+    let n = all.dim(0)?;
+    if all.dims() != [n, vocab] || out.len() != rows.len() * vocab {
+        return Err(PeapodError::Config(format!(
+            "decoder output {:?}: expected rows × {vocab} for {} hypotheses",
+            all.dims(),
+            out.len() / vocab.max(1)
+        )));
+    }
+    let rows: Vec<usize> = rows.collect();
+    if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+        return Err(PeapodError::Config(format!(
+            "row {bad} of a {n}-row decoder output"
+        )));
+    }
+    if let Device::Cpu = all.device() {
+        let (storage, layout) = all.storage_and_layout();
+        if let Storage::Cpu(cpu) = &*storage {
+            let src = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+            out.par_chunks_mut(vocab)
+                .zip(rows.par_iter())
+                .for_each(|(dst, &r)| dst.copy_from_slice(&src[r * vocab..(r + 1) * vocab]));
+            return Ok(());
+        }
+    }
+    let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+    let idx = Tensor::from_vec(idx, rows.len(), all.device())?;
+    let picked = all.index_select(&idx, 0)?.flatten_all()?.to_vec1::<f32>()?;
+    out.copy_from_slice(&picked);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::{DType, Device, Tensor, D};
+    use candle_nn::{VarBuilder, VarMap};
+    use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, PrefixTrie};
+    use peapod_t5_rec::{T5Config, T5ForRec};
+
+    use super::{generate, T5Decoder};
+
+    const VOCAB: usize = 64;
+
+    fn model(seed: u64) -> T5ForRec {
+        let cfg = T5Config {
+            vocab_size: VOCAB,
+            d_model: 32,
+            d_kv: 8,
+            d_ff: 64,
+            num_heads: 4,
+            num_whole_word_embeddings: 8,
+            ..T5Config::tiny()
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = T5ForRec::new(&cfg, vb).unwrap();
+        model.reset_parameters(&varmap, "", seed).unwrap();
+        model
+    }
+
+    /// `batch` inputs of 7 positions; input `b` has `7 - b` real tokens (padding exercised).
+    fn encoded(model: &T5ForRec, batch: usize) -> (Tensor, Tensor) {
+        let t = 7;
+        let ids: Vec<u32> = (0..batch * t)
+            .map(|i| ((i * 37 + 11) % (VOCAB - 2) + 2) as u32)
+            .collect();
+        let mask: Vec<u32> = (0..batch * t)
+            .map(|i| u32::from(i % t < t - (i / t).min(t - 1)))
+            .collect();
+        let ids = Tensor::from_vec(ids, (batch, t), &Device::Cpu).unwrap();
+        let mask = Tensor::from_vec(mask, (batch, t), &Device::Cpu).unwrap();
+        let words = Tensor::zeros((batch, t), DType::U32, &Device::Cpu).unwrap();
+        let enc = model
+            .encode(&model.embed_input(&ids, &words).unwrap(), &mask, false)
+            .unwrap();
+        (enc, mask)
+    }
+
+    /// Full teacher-forced decoding of input `b`: log-probabilities (one row per position) of
+    /// the next token after each prefix of `tokens` (the decoder start token, then `tokens`).
+    fn teacher_forced(
+        model: &T5ForRec,
+        enc: &Tensor,
+        mask: &Tensor,
+        b: usize,
+        tokens: &[u32],
+    ) -> Vec<Vec<f32>> {
+        let mut dec_in = vec![0u32];
+        dec_in.extend_from_slice(tokens);
+        let n = dec_in.len();
+        let dec_in = Tensor::from_vec(dec_in, (1, n), &Device::Cpu).unwrap();
+        let logits = model
+            .decode(
+                &dec_in,
+                &enc.narrow(0, b, 1).unwrap(),
+                &mask.narrow(0, b, 1).unwrap(),
+                false,
+            )
+            .unwrap();
+        candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    }
+
+    /// `sum log p(tokens) / len ^ penalty` by full decoding.
+    fn full_score(
+        model: &T5ForRec,
+        enc: &Tensor,
+        mask: &Tensor,
+        b: usize,
+        tokens: &[u32],
+        penalty: f32,
+    ) -> f32 {
+        let lp = teacher_forced(model, enc, mask, b, &tokens[..tokens.len() - 1]);
+        let sum: f32 = tokens
+            .iter()
+            .zip(&lp)
+            .map(|(&t, row)| row[t as usize])
+            .sum();
+        sum / (tokens.len() as f32).powf(penalty)
+    }
+
+    fn assert_same(a: &[Vec<Hypothesis>], b: &[Vec<Hypothesis>]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.len(), y.len());
+            for (h, g) in x.iter().zip(y) {
+                assert_eq!(h.tokens, g.tokens);
+                assert_close(h.score, g.score, "grouped decoding");
+            }
+        }
+    }
+
+    fn assert_close(got: f32, want: f32, what: &str) {
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{what}: {got} vs {want}"
+        );
+    }
+
+    #[test]
+    fn one_beam_is_greedy_argmax_of_full_decoding() {
+        let model = model(1);
+        let (enc, mask) = encoded(&model, 4);
+        let cfg = BeamConfig::t5(1, 1, 8);
+        let got = generate(&model, &enc, &mask, &cfg, &Constraint::None).unwrap();
+        assert_eq!(got.len(), 4);
+        for (b, hyps) in got.iter().enumerate() {
+            let mut greedy: Vec<u32> = Vec::new();
+            while greedy.len() < cfg.max_length - 1 {
+                let lp = teacher_forced(&model, &enc, &mask, b, &greedy);
+                let last = &lp[lp.len() - 1];
+                let arg = (0..VOCAB).fold(0, |m, i| if last[i] > last[m] { i } else { m });
+                greedy.push(arg as u32);
+                if arg as u32 == cfg.eos_token_id {
+                    break;
+                }
+            }
+            assert_eq!(hyps.len(), 1);
+            assert_eq!(hyps[0].tokens, greedy, "input {b}");
+            let want = full_score(&model, &enc, &mask, b, &greedy, 1.0);
+            assert_close(hyps[0].score, want, "greedy score");
+        }
+    }
+
+    #[test]
+    fn hypothesis_scores_are_full_decoding_log_probabilities() {
+        let model = model(2);
+        let (enc, mask) = encoded(&model, 3);
+        let mut cfg = BeamConfig::t5(5, 5, 6);
+        cfg.length_penalty = 0.7;
+        let got = generate(&model, &enc, &mask, &cfg, &Constraint::None).unwrap();
+        let mut two_per_group = T5Decoder::new(&model).with_group_bytes(2 * 5 * VOCAB * 4);
+        let state = two_per_group.start(&enc, &mask, cfg.num_beams).unwrap();
+        let grouped = beam_search(&mut two_per_group, state, 3, &cfg, &Constraint::None).unwrap();
+        assert_same(&grouped, &got);
+        for (b, hyps) in got.iter().enumerate() {
+            assert_eq!(hyps.len(), 5);
+            for (i, h) in hyps.iter().enumerate() {
+                let want = full_score(&model, &enc, &mask, b, &h.tokens, 0.7);
+                assert_close(h.score, want, &format!("input {b} hypothesis {i}"));
+                if i > 0 {
+                    assert!(hyps[i - 1].score >= h.score);
+                    assert!(hyps[..i].iter().all(|o| o.tokens != h.tokens));
+                }
+            }
+        }
+    }
+
+    /// With at least as many beams as allowed sequences, constrained beam search is exhaustive:
+    /// it must return every allowed sequence, ranked by its full-decoding score. The inputs'
+    /// sets differ in size, so inputs hold different numbers of beams and finish at different
+    /// steps.
+    #[test]
+    fn constrained_search_returns_exactly_the_ranked_allowed_sequences() {
+        let model = model(3);
+        let (enc, mask) = encoded(&model, 3);
+        let sets: Vec<Vec<Vec<u32>>> = vec![
+            vec![vec![5, 6], vec![5, 7, 8]],
+            vec![
+                vec![9],
+                vec![10, 11],
+                vec![10, 12],
+                vec![13, 14, 15],
+                vec![9, 16],
+            ],
+            vec![
+                vec![20, 21, 22],
+                vec![20, 21, 23],
+                vec![20, 24],
+                vec![25],
+                vec![26, 27],
+                vec![28, 29, 30],
+            ],
+        ];
+        let tries = sets
+            .iter()
+            .map(|s| Arc::new(PrefixTrie::new(s.clone(), 1).unwrap()))
+            .collect();
+        let mut cfg = BeamConfig::t5(6, 6, 5);
+        cfg.length_penalty = 0.5;
+        let constraint = Constraint::PerInput(tries);
+        let got = generate(&model, &enc, &mask, &cfg, &constraint).unwrap();
+        // One input per decoder group: finished groups are skipped, results are the same.
+        let mut one_per_group = T5Decoder::new(&model).with_group_bytes(1);
+        let state = one_per_group.start(&enc, &mask, cfg.num_beams).unwrap();
+        let grouped = beam_search(&mut one_per_group, state, 3, &cfg, &constraint).unwrap();
+        assert_same(&grouped, &got);
+        for (b, set) in sets.iter().enumerate() {
+            let mut want: Vec<Hypothesis> = set
+                .iter()
+                .map(|s| {
+                    let mut tokens = s.clone();
+                    tokens.push(1);
+                    let score = full_score(&model, &enc, &mask, b, &tokens, 0.5);
+                    Hypothesis { tokens, score }
+                })
+                .collect();
+            want.sort_by(|x, y| y.score.total_cmp(&x.score));
+            assert_eq!(got[b].len(), want.len(), "input {b}");
+            for (g, w) in got[b].iter().zip(&want) {
+                assert_eq!(g.tokens, w.tokens, "input {b}");
+                assert_close(g.score, w.score, "constrained score");
+            }
+        }
+    }
+
+    #[test]
+    fn shared_constraint_emits_only_allowed_distinct_sequences() {
+        let model = model(4);
+        let (enc, mask) = encoded(&model, 3);
+        let items: Vec<Vec<u32>> = (0..12u32)
+            .map(|i| vec![40 + i % 3, 50 + i % 4, 30 + i])
+            .collect();
+        let trie = Arc::new(PrefixTrie::new(items.clone(), 1).unwrap());
+        let cfg = BeamConfig::t5(4, 4, 6);
+        let got = generate(&model, &enc, &mask, &cfg, &Constraint::Shared(trie)).unwrap();
+        for hyps in &got {
+            assert_eq!(hyps.len(), 4);
+            for (i, h) in hyps.iter().enumerate() {
+                let (body, eos) = h.tokens.split_at(h.tokens.len() - 1);
+                assert_eq!(eos, [1]);
+                assert!(
+                    items.iter().any(|s| s == body),
+                    "{:?} is not an item",
+                    h.tokens
+                );
+                assert!(hyps[..i].iter().all(|o| o.tokens != h.tokens));
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Evaluation (SPEC §7): beam-search decoding into ranked item lists, the protocol's metrics,
+//! constrained and exact-scoring modes reported beside them, and the popularity and MF
+//! baselines on the same users and candidates.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, D};
+use indicatif::{ProgressBar, ProgressStyle};
+use peapod_beam::{BeamConfig, Constraint, PrefixTrie};
+use peapod_datasets::{Batch, Dataset, Example, RecTokenizer, Task};
+use peapod_metrics::{RankingAccumulator, TextCorpus};
+use peapod_pmf::MfModel;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::generate;
+use crate::model::{BatchTensors, PeaPod};
+use crate::PeapodError;
+
+/// Decoding settings. Defaults are the protocol's: 20 beams, 20 returned, batch 32.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    pub num_beams: usize,
+    pub num_return_sequences: usize,
+    pub batch_size: usize,
+    /// Decoder length limit for item ids, start token included.
+    pub max_item_length: usize,
+    /// Decoder length limit for explanations (20 tokens + eos + start).
+    pub max_explanation_length: usize,
+    /// Also decode restricted to real items (sequential) / the input's candidates (top-n).
+    pub constrained: bool,
+    /// Also rank top-n candidates by their teacher-forced likelihood (no search error).
+    pub exact_topn: bool,
+    /// Run the paper-protocol free beam search (the reference numbers).
+    pub free_beam: bool,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            num_beams: 20,
+            num_return_sequences: 20,
+            batch_size: 32,
+            max_item_length: 10,
+            max_explanation_length: 22,
+            constrained: false,
+            exact_topn: false,
+            free_beam: true,
+        }
+    }
+}
+
+/// Metrics of one task under each decoding mode that ran (`"beam"`, `"constrained"`, `"exact"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub users: usize,
+    pub modes: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Inputs decoded per second by the free beam search.
+    pub decode_inputs_per_second: Option<f64>,
+}
+
+/// Non-generative rankers on the same users and candidates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaselineReport {
+    pub popularity: BTreeMap<String, BTreeMap<String, f64>>,
+    pub mf: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// A ranked list per input: generated item ids in score order (0 for a sequence that is not an
+/// item id: it still occupies its rank, as in the reference scripts).
+pub type RankedLists = Vec<Vec<u32>>;
+
+fn progress(len: usize, label: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+fn beam_config(cfg: &EvalConfig, max_length: usize, num_return: usize) -> BeamConfig {
+    let mut beam = BeamConfig::t5(cfg.num_beams, num_return.min(cfg.num_beams), max_length);
+    beam.early_stopping = true;
+    beam
+}
+
+/// Item ranked lists for `examples` by beam search; with `constraint`, a function giving each
+/// input's constraint (or one shared trie).
+pub fn rank_items(
+    model: &PeaPod,
+    tokenizer: &RecTokenizer,
+    dataset: &Dataset,
+    examples: &[Example],
+    cfg: &EvalConfig,
+    constraint: ItemConstraint<'_>,
+    show: bool,
+) -> Result<(RankedLists, f64), PeapodError> {
+    let beam = beam_config(cfg, cfg.max_item_length, cfg.num_return_sequences);
+    let bar = progress(examples.len(), constraint.label(), show);
+    let start = Instant::now();
+    let mut lists = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(cfg.batch_size.max(1)) {
+        let batch = Batch::from_examples(tokenizer, chunk)?;
+        let tensors = BatchTensors::from_batch(&batch, model.device())?;
+        let (enc, mask) = model.encode(&tensors)?;
+        let constraint = constraint.for_chunk(tokenizer, chunk)?;
+        let hyps = generate(model.t5(), &enc, &mask, &beam, &constraint)?;
+        for h in hyps {
+            lists.push(
+                h.iter()
+                    .map(|h| {
+                        tokenizer
+                            .decode_item(&h.tokens)
+                            .filter(|&i| dataset.contains_item(i))
+                            .unwrap_or(0)
+                    })
+                    .collect(),
+            );
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let rate = examples.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    Ok((lists, rate))
+}
+
+/// How beam search is restricted when ranking items.
+pub enum ItemConstraint<'a> {
+    /// Free decoding (the paper's protocol).
+    None,
+    /// Every input restricted to the same items (sequential: all real items).
+    Shared(&'a Arc<PrefixTrie>),
+    /// Each input restricted to its own candidate list (top-n).
+    Candidates,
+}
+
+impl ItemConstraint<'_> {
+    fn label(&self) -> &'static str {
+        match self {
+            ItemConstraint::None => "beam",
+            _ => "constrained",
+        }
+    }
+
+    fn for_chunk(
+        &self,
+        tokenizer: &RecTokenizer,
+        chunk: &[Example],
+    ) -> Result<Constraint, PeapodError> {
+        Ok(match self {
+            ItemConstraint::None => Constraint::None,
+            ItemConstraint::Shared(t) => Constraint::Shared(Arc::clone(t)),
+            ItemConstraint::Candidates => {
+                let mut tries = Vec::with_capacity(chunk.len());
+                for e in chunk {
+                    let items = e.candidates.as_deref().ok_or_else(|| {
+                        PeapodError::Config("a top-n example has no candidate list".into())
+                    })?;
+                    tries.push(Arc::new(item_trie(tokenizer, items)?));
+                }
+                Constraint::PerInput(tries)
+            }
+        })
+    }
+}
+
+/// A prefix trie over the target token sequences of `items`.
+pub fn item_trie(tokenizer: &RecTokenizer, items: &[u32]) -> Result<PrefixTrie, PeapodError> {
+    let sequences = items
+        .iter()
+        .map(|&i| tokenizer.item_target_ids(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PrefixTrie::new(sequences, peapod_datasets::EOS_ID)?)
+}
+
+/// Top-n by exact scoring: every candidate's teacher-forced log-likelihood (sum over its
+/// tokens), candidates sorted by it. One encoder pass per input; the decoder sees all
+/// candidates of an input as one batch.
+pub fn rank_candidates_exactly(
+    model: &PeaPod,
+    tokenizer: &RecTokenizer,
+    examples: &[Example],
+    inputs_per_pass: usize,
+    show: bool,
+) -> Result<RankedLists, PeapodError> {
+    let bar = progress(examples.len(), "exact", show);
+    let mut lists = Vec::with_capacity(examples.len());
+    let t5 = model.t5();
+    let device = model.device();
+    for chunk in examples.chunks(inputs_per_pass.max(1)) {
+        let batch = Batch::from_examples(tokenizer, chunk)?;
+        let tensors = BatchTensors::from_batch(&batch, device)?;
+        let (enc, mask) = model.encode(&tensors)?;
+        for (b, example) in chunk.iter().enumerate() {
+            let items = example.candidates.as_deref().ok_or_else(|| {
+                PeapodError::Config("a top-n example has no candidate list".into())
+            })?;
+            let targets = items
+                .iter()
+                .map(|&i| tokenizer.item_target_ids(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let len = targets.iter().map(Vec::len).max().unwrap_or(1);
+            let n = targets.len();
+            let mut ids = vec![0u32; n * len];
+            let mut keep = vec![0f32; n * len];
+            for (r, t) in targets.iter().enumerate() {
+                ids[r * len..r * len + t.len()].copy_from_slice(t);
+                keep[r * len..r * len + t.len()].fill(1.0);
+            }
+            let target_ids = Tensor::from_vec(ids, (n, len), device)?;
+            let keep = Tensor::from_vec(keep, (n, len), device)?;
+            let enc_b = enc.narrow(0, b, 1)?.repeat((n, 1, 1))?;
+            let mask_b = mask.narrow(0, b, 1)?.repeat((n, 1))?;
+            let dec_in = t5.shift_right(&target_ids)?;
+            let logits = t5.decode(&dec_in, &enc_b, &mask_b, false)?;
+            let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+            let picked = logp
+                .gather(&target_ids.unsqueeze(2)?, 2)?
+                .squeeze(2)?
+                .mul(&keep)?
+                .sum(1)?
+                .to_vec1::<f32>()?;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&x, &y| picked[y].total_cmp(&picked[x]).then(x.cmp(&y)));
+            lists.push(order.into_iter().map(|r| items[r]).collect());
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(lists)
+}
+
+/// Explanations by beam search (the single best sequence), decoded to text.
+pub fn generate_explanations(
+    model: &PeaPod,
+    tokenizer: &RecTokenizer,
+    examples: &[Example],
+    cfg: &EvalConfig,
+    show: bool,
+) -> Result<Vec<String>, PeapodError> {
+    let beam = beam_config(cfg, cfg.max_explanation_length, 1);
+    let bar = progress(examples.len(), "explanation", show);
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(cfg.batch_size.max(1)) {
+        let batch = Batch::from_examples(tokenizer, chunk)?;
+        let tensors = BatchTensors::from_batch(&batch, model.device())?;
+        let (enc, mask) = model.encode(&tensors)?;
+        for h in generate(model.t5(), &enc, &mask, &beam, &Constraint::None)? {
+            let tokens = h.first().map(|h| h.tokens.as_slice()).unwrap_or(&[]);
+            out.push(tokenizer.decode(tokens)?);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// HR/nDCG of ranked lists against the examples' target items.
+pub fn ranking_metrics(
+    examples: &[Example],
+    lists: &[Vec<u32>],
+    task: Task,
+) -> Result<BTreeMap<String, f64>, PeapodError> {
+    let mut acc = RankingAccumulator::protocol();
+    for (e, list) in examples.iter().zip(lists) {
+        let target = e.target_item.ok_or_else(|| {
+            PeapodError::Config(format!("a {} example has no target item", task.name()))
+        })?;
+        acc.add(target, list);
+    }
+    let mut map = acc.finish()?.to_map();
+    if task == Task::Sequential {
+        // The protocol reports HR@5/10 and nDCG@5/10 for sequential recommendation.
+        map.remove("hr@1");
+    }
+    Ok(map)
+}
+
+/// Text metrics of generated explanations against the (truncated) references.
+pub fn explanation_metrics(
+    references: &[String],
+    generated: &[String],
+) -> Result<BTreeMap<String, f64>, PeapodError> {
+    let report = TextCorpus::new(references, generated)?.report();
+    let value = serde_json::to_value(report)
+        .map_err(|e| PeapodError::Config(format!("text report: {e}")))?;
+    let mut out = BTreeMap::new();
+    if let serde_json::Value::Object(map) = value {
+        for (k, v) in map {
+            if let Some(x) = v.as_f64() {
+                out.insert(k, x);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Training popularity of every item (index = item id; index 0 unused).
+pub fn item_popularity(dataset: &Dataset) -> Vec<u32> {
+    let mut counts = vec![0u32; dataset.num_items() + 1];
+    for u in dataset.users() {
+        for &i in dataset.train_history(u) {
+            if let Some(c) = counts.get_mut(i as usize) {
+                *c += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Sorts `items` by descending score; ties keep the lower item id first.
+fn by_score(items: &[u32], score: impl Fn(u32) -> f32) -> Vec<u32> {
+    let mut scored: Vec<(f32, u32)> = items.iter().map(|&i| (score(i), i)).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Popularity and MF rankings for the examples of one task: top-n ranks the input's candidates;
+/// sequential ranks all items (top 20).
+pub fn baseline_lists(
+    dataset: &Dataset,
+    examples: &[Example],
+    popularity: &[u32],
+    mf: Option<&MfModel>,
+) -> Result<(RankedLists, Option<RankedLists>), PeapodError> {
+    let all_items: Vec<u32> = (1..=dataset.num_items() as u32).collect();
+    let pop_all = by_score(&all_items, |i| popularity[i as usize] as f32);
+    let mut pop = Vec::with_capacity(examples.len());
+    let mut mf_lists = mf.map(|_| Vec::with_capacity(examples.len()));
+    for e in examples {
+        match &e.candidates {
+            Some(c) => pop.push(by_score(c, |i| popularity[i as usize] as f32)),
+            None => pop.push(pop_all[..pop_all.len().min(20)].to_vec()),
+        }
+        if let (Some(model), Some(out)) = (mf, mf_lists.as_mut()) {
+            let items = e.candidates.as_deref().unwrap_or(&all_items);
+            let scores = model.score_embedding(model.embedding(e.user)?, items)?;
+            let mut order: Vec<usize> = (0..items.len()).collect();
+            order.sort_by(|&a, &b| {
+                scores[b]
+                    .total_cmp(&scores[a])
+                    .then(items[a].cmp(&items[b]))
+            });
+            order.truncate(if e.candidates.is_some() {
+                items.len()
+            } else {
+                20
+            });
+            out.push(order.into_iter().map(|k| items[k]).collect());
+        }
+    }
+    Ok((pop, mf_lists))
+}

@@ -1,0 +1,336 @@
+//! The whole job in a few calls: MF queries, model construction or loading, evaluation with
+//! baselines, and a report (JSON and a short table).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use peapod_datasets::{
+    evaluation_examples, load_or_generate_negatives, Dataset, Example, Split, Task,
+};
+use peapod_pmf::{Interactions, MfConfig, MfModel, LEAVE_ONE_OUT_HELD_OUT};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::load_checkpoint;
+use crate::eval::{
+    baseline_lists, explanation_metrics, generate_explanations, item_popularity, item_trie,
+    rank_candidates_exactly, rank_items, ranking_metrics, BaselineReport, EvalConfig,
+    ItemConstraint, TaskReport,
+};
+use crate::model::{ModelConfig, PeaPod};
+use crate::train::{CheckpointHeader, TrainingData};
+use crate::PeapodError;
+
+/// Trains MF on the training interactions of `dataset` (the last two items of every user never
+/// enter), or loads it from `cache` when the file was written for the same configuration.
+pub fn train_or_load_mf(
+    dataset: &Dataset,
+    config: &MfConfig,
+    cache: Option<&Path>,
+    on_progress: impl FnMut(peapod_pmf::Progress),
+) -> Result<MfModel, PeapodError> {
+    if let Some(path) = cache.filter(|p| p.exists()) {
+        if let Ok(model) = MfModel::load(path) {
+            if model.config() == config && model.user_ids().len() == dataset.num_users() {
+                return Ok(model);
+            }
+        }
+    }
+    let sequences: Vec<(u32, Vec<u32>)> = dataset
+        .users()
+        .map(|u| (u, dataset.sequence(u).to_vec()))
+        .collect();
+    let train = Interactions::training_split(&sequences, LEAVE_ONE_OUT_HELD_OUT)?;
+    let model = MfModel::train_with_progress(&train, config, on_progress)?;
+    if let Some(path) = cache {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| PeapodError::io(dir, e))?;
+        }
+        model.save(path)?;
+    }
+    Ok(model)
+}
+
+/// The users' MF embeddings as the query table of the user prompt: row u−1 is user u.
+pub fn user_queries(
+    mf: &MfModel,
+    dataset: &Dataset,
+    device: &Device,
+) -> Result<Tensor, PeapodError> {
+    let dim = mf.dim();
+    let mut data: Vec<f32> = Vec::with_capacity(dataset.num_users() * dim);
+    for u in dataset.users() {
+        data.extend(mf.embedding(u)?.iter());
+    }
+    Ok(Tensor::from_vec(data, (dataset.num_users(), dim), device)?)
+}
+
+/// Rebuilds a model from a checkpoint written by training (`last` or `best`).
+pub fn load_model(
+    path: &Path,
+    user_queries: Option<&Tensor>,
+    device: &Device,
+) -> Result<(PeaPod, CheckpointHeader), PeapodError> {
+    let (tensors, header): (_, CheckpointHeader) = load_checkpoint(path, device)?;
+    let model = PeaPod::new(header.model.clone(), user_queries, device)?;
+    model.set_weights(&tensors)?;
+    Ok((model, header))
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalRequest {
+    pub split: String,
+    /// Evaluate these users only (1-based ids); all users when `None`.
+    pub users: Option<Vec<u32>>,
+    pub tasks: Vec<String>,
+    pub decoding: EvalConfig,
+}
+
+/// The evaluation report: per-task metrics under each decoding mode, baselines, throughput.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub dataset: String,
+    pub variant: String,
+    pub split: String,
+    pub seed: u64,
+    pub users_evaluated: usize,
+    pub tasks: BTreeMap<String, TaskReport>,
+    pub baselines: BaselineReport,
+    pub wall_seconds: f64,
+    pub model: ModelConfig,
+    pub decoding: EvalConfig,
+    /// Free text: how the weights were obtained (random init, HF weights, checkpoint).
+    pub provenance: String,
+}
+
+fn split_of(name: &str) -> Result<Split, PeapodError> {
+    match name {
+        "validation" | "valid" => Ok(Split::Validation),
+        "test" => Ok(Split::Test),
+        other => Err(PeapodError::Config(format!(
+            "unknown split `{other}` (validation or test)"
+        ))),
+    }
+}
+
+fn task_of(name: &str) -> Result<Task, PeapodError> {
+    match name {
+        "sequential" => Ok(Task::Sequential),
+        "topn" | "top-n" => Ok(Task::TopN),
+        "explanation" => Ok(Task::Explanation),
+        other => Err(PeapodError::Config(format!(
+            "unknown task `{other}` (sequential, topn, explanation)"
+        ))),
+    }
+}
+
+/// A fixed sample of `n` users (every ⌈N/n⌉-th user from the first): the same users for every
+/// model and baseline, and for every run.
+pub fn fixed_user_sample(dataset: &Dataset, n: usize) -> Vec<u32> {
+    let total = dataset.num_users();
+    if n == 0 || n >= total {
+        return dataset.users().collect();
+    }
+    (0..n).map(|k| (k * total / n) as u32 + 1).collect()
+}
+
+/// Evaluates `model` (and the baselines on the same users and candidates).
+pub fn evaluate(
+    model: &PeaPod,
+    data: &mut TrainingData,
+    mf: Option<&MfModel>,
+    request: &EvalRequest,
+    provenance: &str,
+    show: bool,
+) -> Result<Report, PeapodError> {
+    let start = Instant::now();
+    let split = split_of(&request.split)?;
+    if split == Split::Test && data.dataset.test_negatives().is_none() {
+        let negatives = load_or_generate_negatives(data.dataset.dir(), &data.dataset)?;
+        data.dataset.set_test_negatives(negatives)?;
+    }
+    let keep = request.users.as_ref().map(|u| {
+        let mut v = u.clone();
+        v.sort_unstable();
+        v
+    });
+    let select = |mut examples: Vec<Example>| -> Vec<Example> {
+        if let Some(keep) = &keep {
+            examples.retain(|e| keep.binary_search(&e.user).is_ok());
+        }
+        examples
+    };
+    let cfg = &request.decoding;
+    let popularity = item_popularity(&data.dataset);
+    let mut tasks = BTreeMap::new();
+    let mut baselines = BaselineReport::default();
+    let mut users = std::collections::BTreeSet::new();
+    for name in &request.tasks {
+        let task = task_of(name)?;
+        let examples = select(evaluation_examples(
+            task,
+            split,
+            &data.dataset,
+            &data.templates,
+            data.explanations.as_ref(),
+            model.config().seed,
+        )?);
+        if examples.is_empty() {
+            continue;
+        }
+        users.extend(examples.iter().map(|e| e.user));
+        let mut report = TaskReport {
+            users: examples.len(),
+            ..TaskReport::default()
+        };
+        match task {
+            Task::Explanation => {
+                let generated =
+                    generate_explanations(model, &data.tokenizer, &examples, cfg, show)?;
+                let references: Vec<String> = examples
+                    .iter()
+                    .map(|e| {
+                        let ids = data
+                            .tokenizer
+                            .encode_target(&e.target, peapod_datasets::MAX_EXPLANATION_TOKENS)?;
+                        data.tokenizer.decode(&ids)
+                    })
+                    .collect::<Result<_, _>>()?;
+                report
+                    .modes
+                    .insert("beam".into(), explanation_metrics(&references, &generated)?);
+            }
+            Task::Sequential | Task::TopN => {
+                if cfg.free_beam {
+                    let (lists, rate) = rank_items(
+                        model,
+                        &data.tokenizer,
+                        &data.dataset,
+                        &examples,
+                        cfg,
+                        ItemConstraint::None,
+                        show,
+                    )?;
+                    report.decode_inputs_per_second = Some(rate);
+                    report
+                        .modes
+                        .insert("beam".into(), ranking_metrics(&examples, &lists, task)?);
+                }
+                if cfg.constrained {
+                    let all_items;
+                    let constraint = if task == Task::Sequential {
+                        let items: Vec<u32> = (1..=data.dataset.num_items() as u32).collect();
+                        all_items = std::sync::Arc::new(item_trie(&data.tokenizer, &items)?);
+                        ItemConstraint::Shared(&all_items)
+                    } else {
+                        ItemConstraint::Candidates
+                    };
+                    let (lists, _) = rank_items(
+                        model,
+                        &data.tokenizer,
+                        &data.dataset,
+                        &examples,
+                        cfg,
+                        constraint,
+                        show,
+                    )?;
+                    report.modes.insert(
+                        "constrained".into(),
+                        ranking_metrics(&examples, &lists, task)?,
+                    );
+                }
+                if cfg.exact_topn && task == Task::TopN {
+                    let lists =
+                        rank_candidates_exactly(model, &data.tokenizer, &examples, 4, show)?;
+                    report
+                        .modes
+                        .insert("exact".into(), ranking_metrics(&examples, &lists, task)?);
+                }
+                let (pop, mf_lists) = baseline_lists(&data.dataset, &examples, &popularity, mf)?;
+                baselines
+                    .popularity
+                    .insert(name.clone(), ranking_metrics(&examples, &pop, task)?);
+                if let Some(lists) = mf_lists {
+                    baselines
+                        .mf
+                        .insert(name.clone(), ranking_metrics(&examples, &lists, task)?);
+                }
+            }
+        }
+        tasks.insert(name.clone(), report);
+    }
+    Ok(Report {
+        dataset: data.dataset.name().to_string(),
+        variant: model.config().variant.to_string(),
+        split: request.split.clone(),
+        seed: model.config().seed,
+        users_evaluated: users.len(),
+        tasks,
+        baselines,
+        wall_seconds: start.elapsed().as_secs_f64(),
+        model: model.config().clone(),
+        decoding: cfg.clone(),
+        provenance: provenance.to_string(),
+    })
+}
+
+impl Report {
+    /// A short human-readable table: one row per (task, ranker).
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} · {} · {} split · {} users · {:.1} s\n",
+            self.dataset, self.variant, self.split, self.users_evaluated, self.wall_seconds
+        );
+        let cols = ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"];
+        out.push_str(&format!("{:<12} {:<22}", "task", "ranker"));
+        for c in cols {
+            out.push_str(&format!(" {c:>8}"));
+        }
+        out.push('\n');
+        let mut row = |task: &str, ranker: &str, m: &BTreeMap<String, f64>| {
+            out.push_str(&format!("{task:<12} {ranker:<22}"));
+            for c in cols {
+                match m.get(c) {
+                    Some(v) => out.push_str(&format!(" {v:>8.4}")),
+                    None => out.push_str(&format!(" {:>8}", "")),
+                }
+            }
+            out.push('\n');
+        };
+        for (task, report) in &self.tasks {
+            if task == "explanation" {
+                continue;
+            }
+            for (mode, m) in &report.modes {
+                row(task, &format!("{} ({mode})", self.variant), m);
+            }
+            if let Some(m) = self.baselines.popularity.get(task) {
+                row(task, "popularity", m);
+            }
+            if let Some(m) = self.baselines.mf.get(task) {
+                row(task, "MF (BPR)", m);
+            }
+        }
+        if let Some(report) = self.tasks.get("explanation") {
+            for (mode, m) in &report.modes {
+                out.push_str(&format!("explanation ({mode}):"));
+                for k in [
+                    "bleu_1",
+                    "bleu_4",
+                    "rouge_1/f_score",
+                    "rouge_2/f_score",
+                    "rouge_l/f_score",
+                    "usr",
+                ] {
+                    if let Some(v) = m.get(k) {
+                        out.push_str(&format!(" {k} {v:.4}"));
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}

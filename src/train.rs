@@ -1,0 +1,474 @@
+//! Training (SPEC §6): task-alternated batches, AdamW, validation loss per epoch, the best
+//! checkpoint kept, early stopping, and checkpoints a run resumes from exactly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use peapod_datasets::{
+    evaluation_examples, Batch, Dataset, Example, Explanations, RecTokenizer, Split, Task,
+    TaskAlternatingBatcher, Templates,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::model::{BatchTensors, ModelConfig, PeaPod};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::PeapodError;
+
+/// File names inside a run directory.
+pub const LAST_CHECKPOINT: &str = "last.safetensors";
+pub const BEST_CHECKPOINT: &str = "best.safetensors";
+
+/// Checkpoint format version, bumped on incompatible changes.
+const FORMAT: u32 = 1;
+
+/// Training settings. Defaults are the paper's (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: AdamWConfig,
+    /// Stop after this many epochs without a better mean validation loss.
+    pub patience: usize,
+    pub seed: u64,
+    /// Train on the first N users only (a quick subset).
+    pub max_users: Option<usize>,
+    /// Validation loss on the first N users only (the full set is the protocol).
+    pub valid_users: Option<usize>,
+    /// Stop after this many optimizer steps in total (a budget), checkpointing first.
+    pub max_steps: Option<u64>,
+    /// Stop after this much training time in this process, checkpointing first.
+    pub max_seconds: Option<f64>,
+    /// Write `last.safetensors` every N steps as well as at each epoch end.
+    pub checkpoint_every: u64,
+    /// Batch size for validation-loss passes.
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 64,
+            optimizer: AdamWConfig::default(),
+            patience: 5,
+            seed: 2022,
+            max_users: None,
+            valid_users: None,
+            max_steps: None,
+            max_seconds: None,
+            checkpoint_every: 500,
+            eval_batch_size: 64,
+        }
+    }
+}
+
+/// One finished epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    /// Mean validation loss per task name, and their mean.
+    pub valid_loss: HashMap<String, f64>,
+    pub mean_valid_loss: f64,
+    pub seconds: f64,
+}
+
+/// Where a run stands; stored in every checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The epoch in progress (0-based).
+    pub epoch: usize,
+    /// Batches of that epoch already trained.
+    pub step_in_epoch: u64,
+    /// Batches trained in total.
+    pub global_step: u64,
+    /// Sum of the training losses of this epoch so far (for the epoch mean).
+    pub epoch_loss_sum: f64,
+    pub best_valid_loss: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub epochs_without_improvement: usize,
+    pub history: Vec<EpochRecord>,
+    /// True once training ended by epochs or early stopping (not by a budget).
+    pub finished: bool,
+}
+
+/// The JSON header of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointHeader {
+    pub format: u32,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub state: TrainState,
+    pub optimizer_step: u64,
+    /// Dataset directory name the run trained on.
+    pub dataset: String,
+}
+
+/// What a training call ended with.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub state: TrainState,
+    pub last_checkpoint: PathBuf,
+    pub best_checkpoint: Option<PathBuf>,
+    /// Why it stopped: "epochs", "early-stopping", "max-steps" or "max-seconds".
+    pub stopped_by: &'static str,
+}
+
+/// The data a run reads: the dataset, its templates, the tokenizer, optional explanations.
+pub struct TrainingData {
+    pub dataset: Dataset,
+    pub templates: Templates,
+    pub tokenizer: RecTokenizer,
+    pub explanations: Option<Explanations>,
+}
+
+impl TrainingData {
+    /// Loads `data_root/<dataset>`, `data_root/templates.json` and
+    /// `data_root/tokenizer/t5-tokenizer.json`, plus an explanation file when given.
+    pub fn load(
+        data_root: &Path,
+        dataset: &str,
+        explanations: Option<&Path>,
+    ) -> Result<Self, PeapodError> {
+        let dataset = Dataset::load(data_root.join(dataset))?;
+        let templates = Templates::load(data_root.join("templates.json"))?;
+        let tokenizer = RecTokenizer::from_file(data_root.join("tokenizer/t5-tokenizer.json"))?;
+        let explanations = explanations
+            .map(|p| Explanations::load(p, &dataset))
+            .transpose()?;
+        Ok(Self {
+            dataset,
+            templates,
+            tokenizer,
+            explanations,
+        })
+    }
+
+    /// The first `n` users as a dataset of their own (same ids, same items).
+    fn subset(&self, n: usize) -> Result<Dataset, PeapodError> {
+        let sequences = self
+            .dataset
+            .users()
+            .take(n)
+            .map(|u| self.dataset.sequence(u).to_vec())
+            .collect();
+        Ok(Dataset::from_sequences(
+            self.dataset.name(),
+            sequences,
+            self.dataset.num_items(),
+        )?)
+    }
+}
+
+/// Validation examples per task (deterministic), limited to the first `users` users.
+fn validation_sets(
+    data: &TrainingData,
+    cfg: &TrainConfig,
+    tasks: &[Task],
+) -> Result<Vec<(Task, Vec<Example>)>, PeapodError> {
+    let limit = cfg.valid_users.or(cfg.max_users);
+    let mut sets = Vec::new();
+    for &task in tasks {
+        let mut examples = evaluation_examples(
+            task,
+            Split::Validation,
+            &data.dataset,
+            &data.templates,
+            data.explanations.as_ref(),
+            cfg.seed,
+        )?;
+        if let Some(n) = limit {
+            examples.retain(|e| (e.user as usize) <= n);
+        }
+        if !examples.is_empty() {
+            sets.push((task, examples));
+        }
+    }
+    Ok(sets)
+}
+
+/// Mean token NLL of `examples` (eval mode), in batches.
+pub fn mean_loss(
+    model: &PeaPod,
+    tokenizer: &RecTokenizer,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<f64, PeapodError> {
+    let (mut sum, mut count) = (0f64, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch = Batch::from_examples(tokenizer, chunk)?;
+        let tensors = BatchTensors::from_batch(&batch, model.device())?;
+        let loss = model.loss(&tensors, false)?.to_scalar::<f32>()? as f64;
+        sum += loss * chunk.len() as f64;
+        count += chunk.len();
+    }
+    Ok(if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    })
+}
+
+fn dropout_seed(seed: u64, step: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+fn checkpoint_tensors(
+    model: &PeaPod,
+    optimizer: Option<&AdamW>,
+) -> Result<HashMap<String, Tensor>, PeapodError> {
+    let mut tensors = model.weights();
+    if let Some(opt) = optimizer {
+        let (state, _) = opt.state()?;
+        tensors.extend(state);
+    }
+    Ok(tensors)
+}
+
+/// Trains `model` on `data`, writing checkpoints to `out_dir`. With `resume`, continues from
+/// `out_dir/last.safetensors` when it exists (the model configuration must match); the result
+/// is then the same as an uninterrupted run with the same seed.
+pub fn train(
+    model: &PeaPod,
+    data: &TrainingData,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    resume: bool,
+    show_progress: bool,
+) -> Result<TrainOutcome, PeapodError> {
+    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 || cfg.checkpoint_every == 0 {
+        return Err(PeapodError::Config(
+            "batch sizes and checkpoint_every must be positive".into(),
+        ));
+    }
+    let last_path = out_dir.join(LAST_CHECKPOINT);
+    let best_path = out_dir.join(BEST_CHECKPOINT);
+    let mut optimizer = AdamW::new(model.named_vars(), cfg.optimizer)?;
+    let mut state = TrainState::default();
+    if resume && last_path.exists() {
+        let (tensors, header): (_, CheckpointHeader) = load_checkpoint(&last_path, model.device())?;
+        check_compatible(&last_path, &header, model.config(), cfg)?;
+        model.set_weights(&tensors)?;
+        optimizer.load_state(&tensors, header.optimizer_step)?;
+        state = header.state;
+        if state.finished {
+            return Ok(TrainOutcome {
+                best_checkpoint: best_path.exists().then_some(best_path),
+                last_checkpoint: last_path,
+                state,
+                stopped_by: "epochs",
+            });
+        }
+    }
+
+    let subset;
+    let train_set = match cfg.max_users {
+        Some(n) if n < data.dataset.num_users() => {
+            subset = data.subset(n)?;
+            &subset
+        }
+        _ => &data.dataset,
+    };
+    let mut batcher = TaskAlternatingBatcher::new(
+        train_set,
+        &data.templates,
+        data.explanations.as_ref(),
+        &data.tokenizer,
+        cfg.batch_size,
+        cfg.seed,
+    )?;
+    // The batch stream is a pure function of the seed: replaying the sampler (without
+    // tokenising) puts a resumed run exactly where the interrupted one stopped.
+    for _ in 0..state.global_step {
+        batcher.next_examples();
+    }
+    let valid = validation_sets(data, cfg, batcher.tasks())?;
+    let per_epoch = batcher.batches_per_epoch() as u64;
+
+    let header = |state: &TrainState, optimizer: &AdamW| CheckpointHeader {
+        format: FORMAT,
+        model: model.config().clone(),
+        train: cfg.clone(),
+        state: state.clone(),
+        optimizer_step: optimizer.steps(),
+        dataset: data.dataset.name().to_string(),
+    };
+    let started = Instant::now();
+    let mut stopped_by = "epochs";
+    'epochs: while state.epoch < cfg.epochs {
+        let bar = progress_bar(show_progress, per_epoch, state.epoch, cfg.epochs);
+        bar.set_position(state.step_in_epoch);
+        let epoch_start = Instant::now();
+        let mut samples = 0usize;
+        while state.step_in_epoch < per_epoch {
+            if let Some(max) = cfg.max_steps {
+                if state.global_step >= max {
+                    stopped_by = "max-steps";
+                    break 'epochs;
+                }
+            }
+            if let Some(max) = cfg.max_seconds {
+                if started.elapsed().as_secs_f64() >= max {
+                    stopped_by = "max-seconds";
+                    break 'epochs;
+                }
+            }
+            let task = batcher.next_task();
+            let batch = batcher.next_batch()?;
+            samples += batch.len();
+            let tensors = BatchTensors::from_batch(&batch, model.device())?;
+            model
+                .t5()
+                .set_dropout_seed(dropout_seed(cfg.seed, state.global_step));
+            let loss = model.loss(&tensors, true)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(PeapodError::NonFinite {
+                    what: "the loss",
+                    value,
+                    epoch: state.epoch,
+                    step: state.global_step,
+                    task: task.name(),
+                });
+            }
+            let grads = loss.backward()?;
+            let norm = optimizer.step(&grads)?;
+            if !norm.is_finite() {
+                return Err(PeapodError::NonFinite {
+                    what: "the gradient norm",
+                    value: norm,
+                    epoch: state.epoch,
+                    step: state.global_step,
+                    task: task.name(),
+                });
+            }
+            state.epoch_loss_sum += value;
+            state.step_in_epoch += 1;
+            state.global_step += 1;
+            let rate = samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{} loss {value:.3} · {rate:.0} samples/s",
+                task.name()
+            ));
+            bar.inc(1);
+            if state.global_step % cfg.checkpoint_every == 0 {
+                let tensors = checkpoint_tensors(model, Some(&optimizer))?;
+                save_checkpoint(&last_path, &tensors, &header(&state, &optimizer), None)?;
+            }
+        }
+        bar.finish_and_clear();
+
+        let mut valid_loss = HashMap::new();
+        for (task, examples) in &valid {
+            let l = mean_loss(model, &data.tokenizer, examples, cfg.eval_batch_size)?;
+            valid_loss.insert(task.name().to_string(), l);
+        }
+        let mean_valid_loss = if valid_loss.is_empty() {
+            f64::NAN
+        } else {
+            valid_loss.values().sum::<f64>() / valid_loss.len() as f64
+        };
+        let record = EpochRecord {
+            epoch: state.epoch,
+            train_loss: state.epoch_loss_sum / per_epoch.max(1) as f64,
+            valid_loss,
+            mean_valid_loss,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+        };
+        let improved = match state.best_valid_loss {
+            None => mean_valid_loss.is_finite(),
+            Some(best) => mean_valid_loss < best,
+        };
+        state.history.push(record);
+        state.epoch += 1;
+        state.step_in_epoch = 0;
+        state.epoch_loss_sum = 0.0;
+        if improved {
+            state.best_valid_loss = Some(mean_valid_loss);
+            state.best_epoch = Some(state.epoch - 1);
+            state.epochs_without_improvement = 0;
+            let tensors = checkpoint_tensors(model, None)?;
+            save_checkpoint(&best_path, &tensors, &header(&state, &optimizer), None)?;
+        } else {
+            state.epochs_without_improvement += 1;
+        }
+        if state.epochs_without_improvement >= cfg.patience {
+            stopped_by = "early-stopping";
+            state.finished = true;
+        } else if state.epoch >= cfg.epochs {
+            state.finished = true;
+        }
+        let tensors = checkpoint_tensors(model, Some(&optimizer))?;
+        save_checkpoint(&last_path, &tensors, &header(&state, &optimizer), None)?;
+        if state.finished {
+            break;
+        }
+    }
+    if !state.finished {
+        let tensors = checkpoint_tensors(model, Some(&optimizer))?;
+        save_checkpoint(&last_path, &tensors, &header(&state, &optimizer), None)?;
+    }
+    Ok(TrainOutcome {
+        best_checkpoint: best_path.exists().then_some(best_path),
+        last_checkpoint: last_path,
+        state,
+        stopped_by,
+    })
+}
+
+/// A resumed run must continue the same model; the budget fields may change between calls.
+fn check_compatible(
+    path: &Path,
+    header: &CheckpointHeader,
+    model: &ModelConfig,
+    cfg: &TrainConfig,
+) -> Result<(), PeapodError> {
+    if header.format != FORMAT {
+        return Err(PeapodError::checkpoint(
+            path,
+            format!("format {} (this build reads {FORMAT})", header.format),
+        ));
+    }
+    let same_model = serde_json::to_value(&header.model).ok() == serde_json::to_value(model).ok();
+    if !same_model {
+        return Err(PeapodError::checkpoint(
+            path,
+            "it was written for a different model configuration or variant; \
+             use another output directory or the same settings",
+        ));
+    }
+    let budgetless = |c: &TrainConfig| TrainConfig {
+        max_steps: None,
+        max_seconds: None,
+        epochs: 0,
+        checkpoint_every: 1,
+        ..c.clone()
+    };
+    if budgetless(&header.train) != budgetless(cfg) {
+        return Err(PeapodError::checkpoint(
+            path,
+            "it was written with different training settings (seed, batch, optimizer, users); \
+             resuming would not reproduce the run",
+        ));
+    }
+    Ok(())
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    bar
+}
