@@ -12,9 +12,8 @@ use clap::Parser;
 use peapod::eval::EvalConfig;
 use peapod::model::{ModelConfig, PeaPod, Variant};
 use peapod::optim::AdamWConfig;
-use peapod::pipeline::{evaluate, fixed_user_sample, train_or_load_mf, user_queries, EvalRequest};
+use peapod::pipeline::{evaluate, fixed_user_sample, EvalRequest};
 use peapod::train::{train, TrainConfig, TrainingData};
-use peapod_pmf::MfConfig;
 
 #[derive(Parser)]
 #[command(about = "Train each PeaPOD variant with the same budget and compare")]
@@ -47,17 +46,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let device = common::default_device();
     let mut data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
-    let mf_config = MfConfig {
-        seed: cli.seed,
-        ..MfConfig::default()
-    };
-    let mf = train_or_load_mf(
-        &data.dataset,
-        &mf_config,
-        Some(&cli.out.join("mf.safetensors")),
-        |_| {},
-    )?;
-    let queries = user_queries(&mf, &data.dataset, &device)?;
+    let (mf, queries) = common::mf_and_queries(&data, 100, cli.seed, &cli.out, &device)?;
     let users = fixed_user_sample(&data.dataset, cli.users);
     let mut rows: Vec<(String, BTreeMap<String, f64>)> = Vec::new();
     let mut baselines = None;

@@ -277,6 +277,16 @@ pub fn evaluate(
 }
 
 impl Report {
+    /// Adds the tasks and baselines of `other` (another evaluation of the same model on the
+    /// same users); wall time adds up.
+    pub fn merge(&mut self, other: Report) {
+        self.tasks.extend(other.tasks);
+        self.baselines.popularity.extend(other.baselines.popularity);
+        self.baselines.mf.extend(other.baselines.mf);
+        self.users_evaluated = self.users_evaluated.max(other.users_evaluated);
+        self.wall_seconds += other.wall_seconds;
+    }
+
     /// A short human-readable table: one row per (task, ranker).
     pub fn table(&self) -> String {
         let mut out = format!(

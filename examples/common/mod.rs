@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::Args;
-use peapod_pmf::MfConfig;
+use peapod_pmf::{MfConfig, MfModel};
 use peapod_t5_rec::{load_weights, LoadOptions, T5Config};
 
 use peapod::eval::EvalConfig;
@@ -45,6 +45,37 @@ pub fn t5_config(name: &str) -> Result<T5Config, PeapodError> {
             "unknown config `{other}` (t5-small, tiny, or a config.json path)"
         ))),
     }
+}
+
+/// MF on the training interactions with the paper's settings (`iterations`, `seed`), cached as
+/// `dir/mf.safetensors`, progress on stderr; and the users' queries (row u−1 = user u).
+pub fn mf_and_queries(
+    data: &TrainingData,
+    iterations: usize,
+    seed: u64,
+    dir: &Path,
+    device: &Device,
+) -> Result<(MfModel, candle_core::Tensor), PeapodError> {
+    let config = MfConfig {
+        iterations,
+        seed,
+        ..MfConfig::default()
+    };
+    let mf = train_or_load_mf(
+        &data.dataset,
+        &config,
+        Some(&dir.join("mf.safetensors")),
+        |p| {
+            if p.iteration % 20 == 0 || p.iteration == p.iterations {
+                eprintln!(
+                    "      MF iteration {}/{}: loss {:.4}",
+                    p.iteration, p.iterations, p.loss
+                );
+            }
+        },
+    )?;
+    let queries = user_queries(&mf, &data.dataset, device)?;
+    Ok((mf, queries))
 }
 
 /// Flags of the training examples.
@@ -115,30 +146,12 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
     let mut data = TrainingData::load(&data_root, dataset, args.explanations.as_deref())?;
     let variant = Variant::parse(&args.variant)?;
     let t5 = t5_config(&args.config)?;
-    let mf_config = MfConfig {
-        iterations: args.mf_iters,
-        seed: args.seed,
-        ..MfConfig::default()
-    };
     eprintln!(
         "device: {device:?}; dataset {dataset}: {} users, {} items",
         data.dataset.num_users(),
         data.dataset.num_items()
     );
-    let mf = train_or_load_mf(
-        &data.dataset,
-        &mf_config,
-        Some(&out.join("mf.safetensors")),
-        |p| {
-            if p.iteration % 10 == 0 || p.iteration == p.iterations {
-                eprintln!(
-                    "MF iteration {}/{}: loss {:.4}",
-                    p.iteration, p.iterations, p.loss
-                );
-            }
-        },
-    )?;
-    let queries = user_queries(&mf, &data.dataset, &device)?;
+    let (mf, queries) = mf_and_queries(&data, args.mf_iters, args.seed, &out, &device)?;
     let model_config = ModelConfig::new(variant, t5, mf.dim(), args.seed);
     let model = PeaPod::new(model_config, Some(&queries), &device)?;
     let provenance = match &args.weights {
