@@ -3,23 +3,22 @@
 //!
 //! `cargo run --release --example mf_baseline -- --dataset beauty [--dim 512 --iters 100]`
 //!
-//! Self-contained on purpose (reads `data/<dataset>/sequential_data.txt` itself):
-//! - Test negatives: 99 distinct items per user, drawn uniformly (seeded, `--negatives-seed`,
-//!   default 2022) from the items the user never interacted with — P5's procedure, so the
-//!   figures are statistically equivalent to P5's candidate lists, not byte-identical.
+//! Data through `peapod-datasets` (a dev-dependency: the library itself knows no dataset):
+//! - Test negatives: P5's fixed negatives, `data/<dataset>/negative_samples.txt` — the
+//!   published file for toys, generated once with P5's exact procedure and seed for beauty and
+//!   sports (written next to the data, read on later runs).
 //! - Ranking: the target's 0-based rank is the number of negatives scoring >= it (ties
 //!   counted against the target, pessimistic). HR@k = rank < k; nDCG@k = 1/log2(rank + 2) when
 //!   rank < k.
 //! - Popularity baseline: score = number of training users of the item, same candidates, same
 //!   tie rule (ties are frequent there; the optimistic/expected figures go to stderr).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use peapod_datasets::{load_or_generate_negatives, Dataset};
 use peapod_pmf::{Interactions, MfConfig, MfModel, LEAVE_ONE_OUT_HELD_OUT};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 #[derive(Parser)]
 struct Args {
@@ -49,9 +48,6 @@ struct Args {
     fold_in_l2: Option<f32>,
     #[arg(long)]
     seed: Option<u64>,
-    /// Seed of the 99 test negatives per user.
-    #[arg(long, default_value_t = 2022)]
-    negatives_seed: u64,
     /// Skip evaluation (timing runs).
     #[arg(long)]
     no_eval: bool,
@@ -64,25 +60,8 @@ struct Args {
     save: Option<PathBuf>,
 }
 
-/// `(user id, item ids oldest first)` per line of `sequential_data.txt`.
+/// `(user id, item ids oldest first)` per user.
 type Sequences = Vec<(u32, Vec<u32>)>;
-
-fn load_sequences(path: &Path) -> Result<Sequences, Box<dyn std::error::Error>> {
-    let text = std::fs::read_to_string(path)?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let mut ids = line.split_whitespace().map(str::parse::<u32>);
-        let Some(user) = ids.next() else { continue };
-        let items = ids.collect::<Result<Vec<_>, _>>();
-        match (user, items) {
-            (Ok(u), Ok(items)) => out.push((u, items)),
-            _ => {
-                return Err(format!("{}:{}: not a list of integers", path.display(), n + 1).into())
-            }
-        }
-    }
-    Ok(out)
-}
 
 /// 0-based pessimistic rank of `scores[0]` (the target) among `scores[1..]`.
 fn rank(scores: &[f32]) -> usize {
@@ -125,11 +104,11 @@ impl Metrics {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let path = args
-        .data_dir
-        .join(&args.dataset)
-        .join("sequential_data.txt");
-    let sequences = load_sequences(&path)?;
+    let dataset = Dataset::load(args.data_dir.join(&args.dataset))?;
+    let sequences: Sequences = dataset
+        .users()
+        .map(|u| (u, dataset.sequence(u).to_vec()))
+        .collect();
     let train = Interactions::training_split(&sequences, LEAVE_ONE_OUT_HELD_OUT)?;
     let mut config = MfConfig::default();
     if let Some(v) = args.dim {
@@ -196,9 +175,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    // Test candidates: target + 99 uniform negatives outside the user's whole sequence.
-    let item_ids = train.item_ids();
-    let mut rng = ChaCha8Rng::seed_from_u64(args.negatives_seed);
+    // Test candidates: the target and the user's 99 P5 negatives.
+    let negatives = load_or_generate_negatives(dataset.dir(), &dataset)?;
     let popularity = train.item_popularity();
     let (mut mf, mut pop, mut pop_expected, mut fold) = (
         Metrics::default(),
@@ -210,19 +188,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let Some(&target) = sequence.last() else {
             continue;
         };
-        let mut seen: Vec<u32> = sequence.clone();
-        seen.sort_unstable();
-        seen.dedup();
-        if item_ids.len() < seen.len() + 99 {
-            return Err(format!("user {user}: fewer than 99 candidate negatives").into());
-        }
         let mut candidates = vec![target];
-        while candidates.len() < 100 {
-            let item = item_ids[rng.random_range(0..item_ids.len())];
-            if seen.binary_search(&item).is_err() && !candidates[1..].contains(&item) {
-                candidates.push(item);
-            }
-        }
+        candidates.extend_from_slice(negatives.of(*user));
         let scores = model.score_embedding(model.embedding(*user)?, &candidates)?;
         mf.add(rank(&scores) as f64);
 
