@@ -6,7 +6,7 @@ pub mod decode;
 mod error;
 pub mod eval;
 pub mod model;
-pub mod optim;
+pub use peapod_t5_rec::optim;
 pub mod pipeline;
 pub mod train;
 

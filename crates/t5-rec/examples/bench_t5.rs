@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
+use peapod_t5_rec::optim::{AdamW, AdamWConfig};
 use peapod_t5_rec::{T5Config, T5ForRec};
 
 fn peak_rss_mb() -> f64 {
@@ -68,11 +69,20 @@ fn main() -> anyhow::Result<()> {
     let varmap = VarMap::new();
     let model = T5ForRec::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     model.reset_parameters(&varmap, "", 0)?;
+    let named: Vec<_> = {
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned VarMap"))?;
+        vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    };
+    // PyTorch's reference step: AdamW lr 5e-4, weight decay 0.01, no gradient clipping.
     let mut opt = AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW {
+        named,
+        AdamWConfig {
             lr: 5e-4,
-            ..Default::default()
+            max_grad_norm: None,
+            ..AdamWConfig::default()
         },
     )?;
     for (t_in, t_out) in cases {

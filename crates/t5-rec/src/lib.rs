@@ -47,6 +47,7 @@ mod error;
 mod init;
 mod layers;
 mod model;
+pub mod optim;
 mod weights;
 
 pub use config::T5Config;

@@ -1,4 +1,4 @@
-//! AdamW whose state can be checkpointed.
+//! AdamW whose state can be checkpointed (used by `peapod`'s training loop and `bench_t5`).
 //!
 //! candle-nn's `AdamW` keeps its moments private, so a resumed run could not continue with the
 //! same optimizer state and would end with different weights. This one exposes its state as named
