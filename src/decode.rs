@@ -38,7 +38,9 @@
 //! ```
 
 use candle_core::{DType, Device, Storage, Tensor};
-use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel};
+use peapod_beam::{
+    beam_search, log_softmax_rows_in_place, BeamConfig, Constraint, Hypothesis, StepModel,
+};
 use peapod_t5_rec::{DecoderState, T5ForRec};
 use rayon::prelude::*;
 
@@ -225,13 +227,21 @@ impl StepModel for T5Decoder<'_> {
                 self.tokens[slot - base] = tok;
             }
             let tokens = Tensor::from_slice(&self.tokens, rows, self.model.device())?;
-            let all = self.model.decode_step(&mut group.decoder, &tokens)?;
-            gather_rows(
-                &all,
-                state.slot[first_row..row].iter().map(|&s| s - base),
-                vocab,
-                &mut log_probs[first_row * vocab..row * vocab],
-            )?;
+            let hidden = self.model.decode_step_hidden(&mut group.decoder, &tokens)?;
+            // Only the hypotheses' rows go through the vocabulary projection (at the first
+            // step that is one row per input instead of `beams`).
+            let live_slots: Vec<u32> = state.slot[first_row..row]
+                .iter()
+                .map(|&s| (s - base) as u32)
+                .collect();
+            let idx = Tensor::from_vec(live_slots, row - first_row, self.model.device())?;
+            let logits = self
+                .model
+                .project_to_vocab(&hidden.index_select(&idx, 0)?)?;
+            let out = &mut log_probs[first_row * vocab..row * vocab];
+            gather_rows(&logits, 0..row - first_row, vocab, out)?;
+            out.par_chunks_mut(vocab * 16)
+                .try_for_each(|rows| log_softmax_rows_in_place(rows, vocab))?;
         }
         if row != live {
             return Err(PeapodError::Config(format!(

@@ -117,6 +117,20 @@ impl T5ForRec {
     /// model). Inference only: no
     /// dropout, no gradient.
     pub fn decode_step(&self, state: &mut DecoderState, last_tokens: &Tensor) -> Result<Tensor> {
+        let h = self.decode_step_hidden(state, last_tokens)?;
+        let logits = at_least_f32(&self.project_to_vocab(&h)?)?;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    /// Like [`T5ForRec::decode_step`], but returns the final decoder states ((B·beams)×d, after
+    /// the last layer norm) instead of log-probabilities, so that a caller can project only the
+    /// rows it will read (a beam search reads one row per live hypothesis: a single row per
+    /// input at the first step) and normalise them its own way.
+    pub fn decode_step_hidden(
+        &self,
+        state: &mut DecoderState,
+        last_tokens: &Tensor,
+    ) -> Result<Tensor> {
         let n = state.rows();
         if last_tokens.elem_count() != n {
             return Err(T5Error::InvalidInput(format!(
@@ -170,8 +184,7 @@ impl T5ForRec {
             h = (h + f)?;
         }
         let h = self.decoder_norm.forward_inference(&h)?;
-        let logits = at_least_f32(&self.project_to_vocab(&h)?)?;
         state.step += 1;
-        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+        Ok(h)
     }
 }
