@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor, D};
 use indicatif::{ProgressBar, ProgressStyle};
 use peapod_beam::{BeamConfig, Constraint, PrefixTrie};
 use peapod_datasets::{Batch, Dataset, Example, RecTokenizer, Task};
-use peapod_metrics::{RankingAccumulator, TextCorpus};
+use peapod_metrics::{RankingAccumulator, TextCorpus, NOT_AN_ITEM};
 use peapod_pmf::MfModel;
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +67,7 @@ pub struct BaselineReport {
     pub mf: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
-/// A ranked list per input: generated item ids in score order (0 for a sequence that is not an
+/// A ranked list per input: generated item ids in score order ([`NOT_AN_ITEM`] for a sequence that is not an
 /// item id: it still occupies its rank, as in the reference scripts).
 pub type RankedLists = Vec<Vec<u32>>;
 
@@ -119,7 +119,7 @@ pub fn rank_items(
                         tokenizer
                             .decode_item(&h.tokens)
                             .filter(|&i| dataset.contains_item(i))
-                            .unwrap_or(0)
+                            .unwrap_or(NOT_AN_ITEM)
                     })
                     .collect(),
             );
