@@ -51,6 +51,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Large tensors are freed and reallocated every step: keep them in the heap.
+    peapod::retain_freed_memory();
     let args = Args::parse();
     let configs: Vec<(&str, T5Config)> = match args.config.as_str() {
         "tiny" => vec![("tiny", T5Config::tiny())],

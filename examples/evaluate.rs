@@ -14,6 +14,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Large tensors are freed and reallocated every step: keep them in the heap.
+    peapod::retain_freed_memory();
     let cli = Cli::parse();
     common::run_evaluation(&cli.args)?;
     Ok(())

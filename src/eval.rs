@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, D};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use peapod_beam::{BeamConfig, Constraint, PrefixTrie};
 use peapod_datasets::{Batch, Dataset, Example, RecTokenizer, Task};
 use peapod_metrics::{RankingAccumulator, TextCorpus, NOT_AN_ITEM};
@@ -72,14 +72,10 @@ pub struct BaselineReport {
 pub type RankedLists = Vec<Vec<u32>>;
 
 fn progress(len: usize, label: &str, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let bar = crate::progress::bar(
+        len as u64,
+        "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+        show,
     );
     bar.set_prefix(label.to_string());
     bar
@@ -181,8 +177,11 @@ pub fn item_trie(tokenizer: &RecTokenizer, items: &[u32]) -> Result<PrefixTrie, 
 }
 
 /// Top-n by exact scoring: every candidate's teacher-forced log-likelihood (sum over its
-/// tokens), candidates sorted by it. One encoder pass per input; the decoder sees all
-/// candidates of an input as one batch.
+/// tokens), candidates sorted by it. One encoder pass per `inputs_per_pass` inputs; the decoder
+/// sees all candidates of an input as one batch reading that input's encoder output once, and
+/// the vocabulary projection (the dominant cost at 32k tokens) runs once per distinct target
+/// prefix, not once per candidate position: candidates sharing a prefix share its
+/// distribution.
 pub fn rank_candidates_exactly(
     model: &PeaPod,
     tokenizer: &RecTokenizer,
@@ -194,6 +193,7 @@ pub fn rank_candidates_exactly(
     let mut lists = Vec::with_capacity(examples.len());
     let t5 = model.t5();
     let device = model.device();
+    let vocab = t5.config().vocab_size;
     for chunk in examples.chunks(inputs_per_pass.max(1)) {
         let batch = Batch::from_examples(tokenizer, chunk)?;
         let tensors = BatchTensors::from_batch(&batch, device)?;
@@ -206,35 +206,71 @@ pub fn rank_candidates_exactly(
                 .iter()
                 .map(|&i| tokenizer.item_target_ids(i))
                 .collect::<Result<Vec<_>, _>>()?;
-            let len = targets.iter().map(Vec::len).max().unwrap_or(1);
+            let scores = score_continuations(
+                model,
+                &enc.narrow(0, b, 1)?,
+                &mask.narrow(0, b, 1)?,
+                &targets,
+                vocab,
+            )?;
             let n = targets.len();
-            let mut ids = vec![0u32; n * len];
-            let mut keep = vec![0f32; n * len];
-            for (r, t) in targets.iter().enumerate() {
-                ids[r * len..r * len + t.len()].copy_from_slice(t);
-                keep[r * len..r * len + t.len()].fill(1.0);
-            }
-            let target_ids = Tensor::from_vec(ids, (n, len), device)?;
-            let keep = Tensor::from_vec(keep, (n, len), device)?;
-            let enc_b = enc.narrow(0, b, 1)?.repeat((n, 1, 1))?;
-            let mask_b = mask.narrow(0, b, 1)?.repeat((n, 1))?;
-            let dec_in = t5.shift_right(&target_ids)?;
-            let logits = t5.decode(&dec_in, &enc_b, &mask_b, false)?;
-            let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-            let picked = logp
-                .gather(&target_ids.unsqueeze(2)?, 2)?
-                .squeeze(2)?
-                .mul(&keep)?
-                .sum(1)?
-                .to_vec1::<f32>()?;
             let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&x, &y| picked[y].total_cmp(&picked[x]).then(x.cmp(&y)));
+            order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
             lists.push(order.into_iter().map(|r| items[r]).collect());
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     Ok(lists)
+}
+
+/// Log-likelihood of each target sequence given one encoded input (1×T×d, mask 1×T).
+fn score_continuations(
+    model: &PeaPod,
+    enc: &Tensor,
+    mask: &Tensor,
+    targets: &[Vec<u32>],
+    vocab: usize,
+) -> Result<Vec<f32>, PeapodError> {
+    let t5 = model.t5();
+    let device = model.device();
+    let n = targets.len();
+    let len = targets.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let mut ids = vec![0u32; n * len];
+    for (r, t) in targets.iter().enumerate() {
+        ids[r * len..r * len + t.len()].copy_from_slice(t);
+    }
+    // The distribution at position p depends only on the prefix t[..p].
+    let mut prefix_row: std::collections::HashMap<&[u32], u32> = Default::default();
+    let mut projected_rows: Vec<u32> = Vec::new();
+    let mut picks: Vec<(usize, u32)> = Vec::with_capacity(n * len);
+    for (r, t) in targets.iter().enumerate() {
+        for p in 0..t.len() {
+            let next = projected_rows.len() as u32;
+            let unique = *prefix_row.entry(&t[..p]).or_insert_with(|| {
+                projected_rows.push((r * len + p) as u32);
+                next
+            });
+            picks.push((r, unique * vocab as u32 + t[p]));
+        }
+    }
+    let target_ids = Tensor::from_vec(ids, (n, len), device)?;
+    let dec_in = t5.shift_right(&target_ids)?;
+    let hidden = t5.decode_hidden(&dec_in, enc, mask, false)?;
+    let d = hidden.dim(2)?;
+    let rows = Tensor::new(projected_rows.as_slice(), device)?;
+    let selected = hidden.reshape((n * len, d))?.index_select(&rows, 0)?;
+    let logits = t5.project_to_vocab(&selected)?.to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.flatten_all()?;
+    let flat: Vec<u32> = picks.iter().map(|&(_, i)| i).collect();
+    let picked = logp
+        .index_select(&Tensor::new(flat.as_slice(), device)?, 0)?
+        .to_vec1::<f32>()?;
+    let mut scores = vec![0f32; n];
+    for (&(r, _), v) in picks.iter().zip(picked) {
+        scores[r] += v;
+    }
+    Ok(scores)
 }
 
 /// Explanations by beam search (the single best sequence), decoded to text.
@@ -357,4 +393,57 @@ pub fn baseline_lists(
         }
     }
     Ok((pop, mf_lists))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, Variant};
+    use candle_core::Device;
+    use peapod_t5_rec::T5Config;
+
+    #[test]
+    fn exact_scores_equal_per_candidate_teacher_forcing() -> Result<(), PeapodError> {
+        let t5 = T5Config {
+            vocab_size: 50,
+            d_model: 16,
+            d_kv: 4,
+            d_ff: 32,
+            num_heads: 4,
+            num_layers: 1,
+            num_decoder_layers: 1,
+            num_whole_word_embeddings: 8,
+            ..T5Config::tiny()
+        };
+        let dev = Device::Cpu;
+        let model = PeaPod::new(ModelConfig::new(Variant::Pod, t5, 4, 11), None, &dev)?;
+        let embeds = Tensor::randn(0f32, 1.0, (1, 6, 16), &dev)?;
+        let mask = Tensor::from_vec(vec![1u32, 1, 1, 1, 1, 0], (1, 6), &dev)?;
+        let enc = model.t5().encode(&embeds, &mask, false)?;
+        // Shared prefixes, different lengths, a repeated candidate.
+        let targets = vec![
+            vec![7, 9, 1],
+            vec![7, 12, 1],
+            vec![30, 1],
+            vec![7, 9, 4, 1],
+            vec![7, 9, 1],
+        ];
+        let got = score_continuations(&model, &enc, &mask, &targets, 50)?;
+        for (t, &score) in targets.iter().zip(&got) {
+            let ids = Tensor::new(t.as_slice(), &dev)?.unsqueeze(0)?;
+            let logits = model
+                .t5()
+                .decode(&model.t5().shift_right(&ids)?, &enc, &mask, false)?;
+            let logp =
+                candle_nn::ops::log_softmax(&logits.squeeze(0)?, D::Minus1)?.to_vec2::<f32>()?;
+            let want: f32 = t
+                .iter()
+                .enumerate()
+                .map(|(p, &tok)| logp[p][tok as usize])
+                .sum();
+            assert!((score - want).abs() < 1e-4, "{t:?}: {score} vs {want}");
+        }
+        assert_eq!(got[0], got[4]);
+        Ok(())
+    }
 }

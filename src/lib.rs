@@ -7,7 +7,9 @@ mod error;
 pub mod eval;
 pub mod model;
 pub use peapod_t5_rec::optim;
+pub use peapod_t5_rec::retain_freed_memory;
 pub mod pipeline;
+mod progress;
 pub mod train;
 
 pub use error::PeapodError;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
+use candle_core::{DType, Tensor};
+use indicatif::ProgressBar;
 use peapod_datasets::{
     evaluation_examples, Batch, Dataset, Example, Explanations, RecTokenizer, Split, Task,
     TaskAlternatingBatcher, Templates,
@@ -420,6 +420,23 @@ pub fn train(
     })
 }
 
+/// Writes the model weights of the checkpoint at `src` to `dst` without the optimizer state,
+/// as `dtype` (f16 halves a shipped checkpoint): what evaluation and fine-tuning need, a
+/// fraction of the size. The header is kept, so the file still says which run, step and
+/// settings produced it. Returns the number of bytes written.
+pub fn export_weights(src: &Path, dst: &Path, dtype: DType) -> Result<u64, PeapodError> {
+    let (tensors, header): (HashMap<String, Tensor>, CheckpointHeader) =
+        load_checkpoint(src, &candle_core::Device::Cpu)?;
+    let weights: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("adamw."))
+        .collect();
+    save_checkpoint(dst, &weights, &header, Some(dtype))?;
+    std::fs::metadata(dst)
+        .map(|m| m.len())
+        .map_err(|e| PeapodError::io(dst, e))
+}
+
 /// A resumed run must continue the same model; the budget fields may change between calls.
 fn check_compatible(
     path: &Path,
@@ -459,16 +476,11 @@ fn check_compatible(
 }
 
 fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
+    let bar = crate::progress::bar(
+        len,
         "epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
+        show,
+    );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     bar
 }

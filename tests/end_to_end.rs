@@ -4,12 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use peapod::eval::EvalConfig;
 use peapod::model::{ModelConfig, PeaPod, Variant};
 use peapod::optim::AdamWConfig;
 use peapod::pipeline::{evaluate, load_model, EvalRequest, Report};
-use peapod::train::{train, TrainConfig, TrainingData, BEST_CHECKPOINT, LAST_CHECKPOINT};
+use peapod::train::{
+    export_weights, train, TrainConfig, TrainingData, BEST_CHECKPOINT, LAST_CHECKPOINT,
+};
 use peapod::PeapodError;
 use peapod_t5_rec::T5Config;
 
@@ -157,6 +159,26 @@ fn train_checkpoint_resume_and_evaluate_reproducibly() -> Result<(), PeapodError
     }
     // The popularity baseline ranks the same candidates.
     assert!(report_a.baselines.popularity.contains_key("topn"));
+
+    // The shipped form: weights only, f16, smaller, and it evaluates like the original within
+    // f16 rounding (the same ranking metrics on these four users).
+    let full = dir_b.join(LAST_CHECKPOINT);
+    let shipped = dir_b.join("shipped.safetensors");
+    let bytes = export_weights(&full, &shipped, DType::F16)?;
+    assert!(bytes < std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0) / 4);
+    let (small, header) = load_model(&shipped, Some(&q), &Device::Cpu)?;
+    assert_eq!(header.state.global_step, 7);
+    for ((name, a), (_, b)) in weights_of(&reloaded)?.iter().zip(weights_of(&small)?) {
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / (x.abs() + 1e-3))
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "{name}: f16 export differs by {worst} (relative)"
+        );
+    }
 
     // A checkpoint of another model configuration is refused with a clear message.
     let other = PeaPod::new(

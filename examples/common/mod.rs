@@ -16,7 +16,9 @@ use peapod::optim::AdamWConfig;
 use peapod::pipeline::{
     evaluate, fixed_user_sample, load_model, train_or_load_mf, user_queries, EvalRequest,
 };
-use peapod::train::{train, TrainConfig, TrainingData, BEST_CHECKPOINT, LAST_CHECKPOINT};
+use peapod::train::{
+    export_weights, train, TrainConfig, TrainingData, BEST_CHECKPOINT, LAST_CHECKPOINT,
+};
 use peapod::PeapodError;
 
 /// The repository's `data/` folder (the examples' default).
@@ -133,6 +135,11 @@ pub struct TrainArgs {
     /// Also report constrained decoding and exact top-n scoring.
     #[arg(long)]
     pub constrained: bool,
+    /// Afterwards write the final weights (the best checkpoint when the run finished by epochs
+    /// or early stopping, else the last) to this file as f16, without optimizer state: the
+    /// form the repository ships (`data/checkpoints/`).
+    #[arg(long)]
+    pub export_f16: Option<PathBuf>,
 }
 
 /// `train_<dataset>`: MF queries, model, training with checkpoints, optional evaluation.
@@ -218,6 +225,19 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
         outcome.state.global_step,
         outcome.last_checkpoint.display()
     );
+    if let Some(path) = &args.export_f16 {
+        let from = match &outcome.best_checkpoint {
+            Some(best) if outcome.state.finished => best.clone(),
+            _ => outcome.last_checkpoint.clone(),
+        };
+        let bytes = export_weights(&from, path, candle_core::DType::F16)?;
+        eprintln!(
+            "exported {} as f16 weights to {} ({:.1} MB)",
+            from.display(),
+            path.display(),
+            bytes as f64 / 1e6
+        );
+    }
     if let Some(n) = args.eval_users {
         let path = outcome
             .best_checkpoint

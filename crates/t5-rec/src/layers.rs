@@ -273,7 +273,7 @@ impl Attention {
         let k = self.split_heads(&self.k.forward(kv_input)?)?;
         let v = self.split_heads(&self.v.forward(kv_input)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let weights = crate::fused::softmax_last_dim(&scores)?;
         let weights = dropout.forward(&weights, train)?;
         let ctx = weights
             .matmul(&v)?

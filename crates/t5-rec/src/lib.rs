@@ -44,8 +44,10 @@
 
 mod config;
 mod error;
+mod fused;
 mod init;
 mod layers;
+mod memory;
 mod model;
 pub mod optim;
 mod weights;
@@ -54,6 +56,7 @@ pub use config::T5Config;
 pub use error::{Result, T5Error};
 pub use init::parameter_names;
 pub use layers::relative_position_bucket;
+pub use memory::retain_freed_memory;
 pub use model::{DecoderState, T5ForRec, WHOLE_WORD_EMBEDDINGS};
 #[cfg(feature = "hub")]
 pub use weights::download_from_hub;

@@ -233,6 +233,11 @@ impl T5ForRec {
     }
 
     /// Teacher-forced decoder: final hidden states (B×S×d) before the vocabulary projection.
+    ///
+    /// `encoder_out` (E×T×d) may hold fewer inputs than there are decoder rows: when B = E·G,
+    /// rows `e·G .. (e+1)·G` all read input `e`. Scoring many continuations of one input (top-n
+    /// candidates) then projects that input's cross-attention keys and values once instead of
+    /// once per row.
     pub fn decode_hidden(
         &self,
         decoder_input_ids: &Tensor,
@@ -240,7 +245,17 @@ impl T5ForRec {
         encoder_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let (_, s) = decoder_input_ids.dims2()?;
+        let (rows, s) = decoder_input_ids.dims2()?;
+        let (inputs, t, _) = encoder_out.dims3()?;
+        if inputs == 0 || rows % inputs != 0 || encoder_mask.dims() != [inputs, t] {
+            return Err(T5Error::InvalidInput(format!(
+                "decode: {rows} decoder rows for encoder output {:?} / mask {:?}; the rows must \
+                 be a whole multiple of the inputs",
+                encoder_out.dims(),
+                encoder_mask.dims()
+            )));
+        }
+        let group = rows / inputs;
         let self_bias = self
             .decoder_bias
             .forward(s, s, 0)?
@@ -258,13 +273,21 @@ impl T5ForRec {
                 train,
             )?;
             h = (h + drop.forward(&a, train)?)?;
-            let c = block.cross_attn.forward(
-                &block.cross_norm.forward(&h)?,
-                Some(encoder_out),
-                &cross_bias,
-                drop,
-                train,
-            )?;
+            let normed = block.cross_norm.forward(&h)?;
+            let c = if group == 1 {
+                block
+                    .cross_attn
+                    .forward(&normed, Some(encoder_out), &cross_bias, drop, train)?
+            } else {
+                // Cross-attention has no position bias, so an input's G rows can attend as
+                // one sequence of G·S queries.
+                let d = self.cfg.d_model;
+                let grouped = normed.reshape((inputs, group * s, d))?;
+                block
+                    .cross_attn
+                    .forward(&grouped, Some(encoder_out), &cross_bias, drop, train)?
+                    .reshape((rows, s, d))?
+            };
             h = (h + drop.forward(&c, train)?)?;
             let f = block.ff.forward(&block.ff_norm.forward(&h)?, drop, train)?;
             h = (h + drop.forward(&f, train)?)?;

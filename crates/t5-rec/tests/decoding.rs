@@ -96,3 +96,30 @@ fn padding_does_not_change_the_outputs_of_real_tokens() -> anyhow::Result<()> {
     assert!(max_abs_diff(&l_short.narrow(1, 2, 1)?, &l2.narrow(1, 2, 1)?)? > 1e-4);
     Ok(())
 }
+
+#[test]
+fn grouped_rows_share_their_inputs_encoder_output() -> anyhow::Result<()> {
+    let cfg = small_config("relu", true);
+    let (_vm, model) = build(&cfg)?;
+    let (b, t, group, s) = (2, 5, 3, 4);
+    let input = tensor2(&ids(b, t, 2, 40, 8))?;
+    let mask = tensor2(&[vec![1, 1, 1, 1, 1], vec![1, 1, 1, 0, 0]])?;
+    let whole = tensor2(&ids(b, t, 0, 8, 9))?;
+    let enc = model.encode(&model.embed_input(&input, &whole)?, &mask, false)?;
+    let dec = tensor2(&ids(b * group, s, 0, 40, 10))?;
+    let rows: Vec<u32> = (0..(b * group) as u32).map(|r| r / group as u32).collect();
+    let rows = Tensor::from_vec(rows, b * group, &Device::Cpu)?;
+    let repeated = model.decode(
+        &dec,
+        &enc.index_select(&rows, 0)?,
+        &mask.index_select(&rows, 0)?,
+        false,
+    )?;
+    let grouped = model.decode(&dec, &enc, &mask, false)?;
+    assert!(max_abs_diff(&grouped, &repeated)? < 1e-5);
+    // Rows that are not a whole multiple of the inputs are refused.
+    assert!(model
+        .decode(&dec.narrow(0, 0, 5)?, &enc, &mask, false)
+        .is_err());
+    Ok(())
+}
