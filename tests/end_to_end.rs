@@ -196,3 +196,21 @@ fn train_checkpoint_resume_and_evaluate_reproducibly() -> Result<(), PeapodError
     let _ = std::fs::remove_dir_all(dir_b);
     Ok(())
 }
+
+#[test]
+fn the_shipped_checkpoint_loads_as_a_tiny_peapod() -> Result<(), PeapodError> {
+    let path = data_root().join("checkpoints/beauty-tiny-peapod.safetensors");
+    let (tensors, header): (_, peapod::train::CheckpointHeader) =
+        peapod::checkpoint::load_checkpoint(&path, &Device::Cpu)?;
+    assert_eq!(header.dataset, "beauty");
+    assert_eq!(header.state.global_step, 2652);
+    assert_eq!(header.model.variant, Variant::Peapod);
+    assert_eq!(header.model.t5, T5Config::tiny());
+    // Weights only, stored as f16.
+    assert!(tensors.keys().all(|n| !n.starts_with("adamw.")));
+    assert!(tensors.values().all(|t| t.dtype() == DType::F16));
+    let users = 22_363;
+    let (model, _) = load_model(&path, Some(&queries(users)?.repeat((1, 64))?), &Device::Cpu)?;
+    assert_eq!(model.num_parameters(), 5_126_528);
+    Ok(())
+}

@@ -279,6 +279,12 @@ pub struct EvaluateArgs {
     /// Also decode restricted to real items / the input's candidates, and score top-n exactly.
     #[arg(long)]
     pub constrained: bool,
+    /// Also rank top-n candidates by exact scoring (implied by --constrained).
+    #[arg(long)]
+    pub exact: bool,
+    /// Skip the paper-protocol free beam search (e.g. with --exact for a quick top-n check).
+    #[arg(long)]
+    pub no_beam: bool,
     /// Evaluate a fixed sample of N users (0 = all).
     #[arg(long, default_value_t = 0)]
     pub users: usize,
@@ -347,7 +353,8 @@ pub fn run_evaluation(args: &EvaluateArgs) -> Result<(), PeapodError> {
             num_return_sequences: args.beams,
             batch_size: args.batch_size,
             constrained: args.constrained,
-            exact_topn: args.constrained,
+            exact_topn: args.constrained || args.exact,
+            free_beam: !args.no_beam,
             ..EvalConfig::default()
         },
     };

@@ -125,6 +125,91 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// Attention for incremental decoding on the CPU: `q` (G, Q, d), `k` and `v` (G, T, d), `bias`
+/// (G, T) added to every query's scores; returns softmax(q·kᵀ + bias)·v as (G, Q, d). `None`
+/// when the tensors are not f32 on the CPU (the caller keeps candle's batched matmul).
+///
+/// Why: one decoding step attends with a single query per beam, and candle's CPU matmul runs
+/// one parallel gemm call per batch entry — 20 beams × 32 inputs × 8 heads = 5,120 calls of a
+/// 1 × 64 by 64 × t product per layer and step, dominated by call and thread hand-off costs.
+/// Here each (group, query) row is a few hundred flops in a plain loop, groups in parallel.
+pub(crate) fn small_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+) -> Result<Option<Tensor>> {
+    let all_cpu_f32 = [q, k, v, bias]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if !all_cpu_f32 {
+        return Ok(None);
+    }
+    let (g, nq, d) = q.dims3()?;
+    let (gk, t, dk) = k.dims3()?;
+    if gk != g || dk != d || v.dims() != [g, t, d] || bias.dims() != [g, t] {
+        return Err(crate::error::T5Error::InvalidInput(format!(
+            "small_attention: q {:?}, k {:?}, v {:?}, bias {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims(),
+            bias.dims()
+        )));
+    }
+    let (q, k, v, bias) = (
+        q.contiguous()?,
+        k.contiguous()?,
+        v.contiguous()?,
+        bias.contiguous()?,
+    );
+    // Borrow the storages instead of copying them out: the self-attention cache is read whole
+    // at every step.
+    let guards = [&q, &k, &v, &bias].map(|t| t.storage_and_layout());
+    let mut slices = Vec::with_capacity(4);
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            return Ok(None);
+        };
+        slices.push(contiguous_f32(cpu, layout, "small_attention")?);
+    }
+    let (q, k, v, bias) = (slices[0], slices[1], slices[2], slices[3]);
+    let mut out = vec![0f32; g * nq * d];
+    out.par_chunks_mut(nq * d)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(group, out)| {
+            let keys = &k[group * t * d..(group + 1) * t * d];
+            let values = &v[group * t * d..(group + 1) * t * d];
+            let bias = &bias[group * t..(group + 1) * t];
+            let mut scores = vec![0f32; t];
+            for (qi, ctx) in out.chunks_exact_mut(d).enumerate() {
+                let query = &q[(group * nq + qi) * d..(group * nq + qi + 1) * d];
+                let mut max = f32::NEG_INFINITY;
+                for ((s, key), b) in scores.iter_mut().zip(keys.chunks_exact(d)).zip(bias) {
+                    *s = query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() + b;
+                    max = max.max(*s);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                for (w, value) in scores.iter().zip(values.chunks_exact(d)) {
+                    let w = w * inv;
+                    for (c, x) in ctx.iter_mut().zip(value) {
+                        *c += w * x;
+                    }
+                }
+            }
+        });
+    Ok(Some(Tensor::from_vec(
+        out,
+        (g, nq, d),
+        &candle_core::Device::Cpu,
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +250,27 @@ mod tests {
             "gradients differ by {}",
             max_diff(a, b)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn small_attention_matches_matmul_attention() -> Result<()> {
+        let dev = Device::Cpu;
+        let (g, nq, t, d) = (6, 3, 5, 4);
+        let q = Tensor::randn(0f32, 1.0, (g, nq, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (g, t, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (g, t, d), &dev)?;
+        let mut b = vec![0f32; g * t];
+        b[3] = -1e9; // a masked key
+        b[7] = 0.5;
+        let bias = Tensor::from_vec(b, (g, t), &dev)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(&bias.unsqueeze(1)?)?;
+        let want = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?;
+        let got = small_attention(&q, &k, &v, &bias)?.expect("cpu f32");
+        assert!(max_diff(&got, &want) < 1e-5);
+        let half = q.to_dtype(DType::F16)?;
+        assert!(small_attention(&half, &k, &v, &bias)?.is_none());
+        assert!(small_attention(&q, &k.narrow(0, 0, 5)?, &v, &bias).is_err());
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ use candle_core::{Tensor, D};
 
 use super::{at_least_f32, embedding, T5ForRec};
 use crate::error::{Result, T5Error};
+use crate::fused::small_attention;
 use crate::layers::padding_bias;
 
 /// The decoder's state between [`T5ForRec::decode_step`] calls.
@@ -157,9 +158,22 @@ impl T5ForRec {
                 Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 None => (k, v),
             };
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
-            let w = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = w.matmul(&v)?.reshape((n, heads * dk))?;
+            let bias = pos
+                .broadcast_as((n, heads, 1, t + 1))?
+                .reshape((n * heads, t + 1))?;
+            let ctx = match small_attention(
+                &q.reshape((n * heads, 1, dk))?,
+                &k.reshape((n * heads, t + 1, dk))?,
+                &v.reshape((n * heads, t + 1, dk))?,
+                &bias,
+            )? {
+                Some(ctx) => ctx,
+                None => {
+                    let scores = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
+                    candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+                }
+            }
+            .reshape((n, heads * dk))?;
             h = (h + att.o.forward(&ctx)?)?;
             state.self_kv[l] = Some((k, v));
 
@@ -172,9 +186,24 @@ impl T5ForRec {
                     .transpose(1, 2)?
                     .contiguous()?;
             let (ck, cv) = &state.cross_kv[l];
-            let scores = q.matmul(&ck.t()?)?.broadcast_add(&state.cross_bias)?;
-            let w = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = w.matmul(cv)?.transpose(1, 2)?.reshape((n, heads * dk))?;
+            let enc_len = ck.dim(2)?;
+            let bias = state
+                .cross_bias
+                .broadcast_as((b, heads, 1, enc_len))?
+                .reshape((b * heads, enc_len))?;
+            let ctx = match small_attention(
+                &q.reshape((b * heads, beams, dk))?,
+                &ck.reshape((b * heads, enc_len, dk))?,
+                &cv.reshape((b * heads, enc_len, dk))?,
+                &bias,
+            )? {
+                Some(ctx) => ctx.reshape((b, heads, beams, dk))?,
+                None => {
+                    let scores = q.matmul(&ck.t()?)?.broadcast_add(&state.cross_bias)?;
+                    candle_nn::ops::softmax_last_dim(&scores)?.matmul(cv)?
+                }
+            };
+            let ctx = ctx.transpose(1, 2)?.reshape((n, heads * dk))?;
             h = (h + ca.o.forward(&ctx)?)?;
 
             let f =
