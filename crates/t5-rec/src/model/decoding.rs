@@ -186,23 +186,10 @@ impl T5ForRec {
                     .transpose(1, 2)?
                     .contiguous()?;
             let (ck, cv) = &state.cross_kv[l];
-            let enc_len = ck.dim(2)?;
-            let bias = state
-                .cross_bias
-                .broadcast_as((b, heads, 1, enc_len))?
-                .reshape((b * heads, enc_len))?;
-            let ctx = match small_attention(
-                &q.reshape((b * heads, beams, dk))?,
-                &ck.reshape((b * heads, enc_len, dk))?,
-                &cv.reshape((b * heads, enc_len, dk))?,
-                &bias,
-            )? {
-                Some(ctx) => ctx.reshape((b, heads, beams, dk))?,
-                None => {
-                    let scores = q.matmul(&ck.t()?)?.broadcast_add(&state.cross_bias)?;
-                    candle_nn::ops::softmax_last_dim(&scores)?.matmul(cv)?
-                }
-            };
+            // Here each (input, head) is one 20 × d by d × T product: few enough calls that
+            // candle's batched gemm serves.
+            let scores = q.matmul(&ck.t()?)?.broadcast_add(&state.cross_bias)?;
+            let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(cv)?;
             let ctx = ctx.transpose(1, 2)?.reshape((n, heads * dk))?;
             h = (h + ca.o.forward(&ctx)?)?;
 
