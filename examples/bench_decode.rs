@@ -8,6 +8,10 @@
 //!
 //! The timed work is the encoder plus the whole search, as in HF `generate`. Weights are drawn
 //! from a fixed seed, so every run decodes the same hypotheses.
+//!
+//! `--device cuda` (a build with `--features cuda`, see `scripts/build_cuda.sh`) decodes on the
+//! GPU; `--compare-cpu` then also decodes once on the CPU and reports how many inputs got the
+//! same returned list and the largest score difference between the two.
 
 use std::time::Instant;
 
@@ -16,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use peapod::decode::{generate, T5Decoder};
-use peapod_beam::{beam_search, BeamConfig, Constraint};
+use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis};
 use peapod_t5_rec::{T5Config, T5ForRec};
 
 /// Seconds per batch of 32 for HF `generate` on this CPU (see the module docs).
@@ -48,6 +52,12 @@ struct Args {
     /// Size bound of one decoder group's log-probabilities (default: the library's, 8 MiB).
     #[arg(long)]
     group_mib: Option<usize>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// With --device cuda: decode once more on the CPU and compare the results.
+    #[arg(long)]
+    compare_cpu: bool,
 }
 
 fn main() -> Result<()> {
@@ -66,40 +76,49 @@ fn main() -> Result<()> {
     if args.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        other => bail!("unknown --device {other}: use cpu or cuda"),
+    };
     for (name, cfg) in configs {
-        let varmap = VarMap::new();
-        let model = T5ForRec::new(
-            &cfg,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )?;
-        model.reset_parameters(&varmap, "", 0)?;
-        let (ids, words, mask) = inputs(args.batch, args.input_len, cfg.vocab_size)?;
         let beam = BeamConfig::t5(args.beams, args.return_sequences, args.max_length);
-        let run = || -> Result<f64> {
-            let start = Instant::now();
-            let enc = model.encode(&model.embed_input(&ids, &words)?, &mask, false)?;
-            let out = match args.group_mib {
-                None => generate(&model, &enc, &mask, &beam, &Constraint::None)?,
-                Some(mib) => {
-                    let mut dec = T5Decoder::new(&model).with_group_bytes(mib << 20);
-                    let state = dec.start(&enc, &mask, beam.num_beams)?;
-                    beam_search(&mut dec, state, args.batch, &beam, &Constraint::None)?
+        let decode_on = |device: &Device| -> Result<(f64, Vec<Vec<Hypothesis>>)> {
+            let varmap = VarMap::new();
+            let model = T5ForRec::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+            model.reset_parameters(&varmap, "", 0)?;
+            let (ids, words, mask) = inputs(args.batch, args.input_len, cfg.vocab_size, device)?;
+            let run = || -> Result<(f64, Vec<Vec<Hypothesis>>)> {
+                let start = Instant::now();
+                let enc = model.encode(&model.embed_input(&ids, &words)?, &mask, false)?;
+                let out = match args.group_mib {
+                    None => generate(&model, &enc, &mask, &beam, &Constraint::None)?,
+                    Some(mib) => {
+                        let mut dec = T5Decoder::new(&model).with_group_bytes(mib << 20);
+                        let state = dec.start(&enc, &mask, beam.num_beams)?;
+                        beam_search(&mut dec, state, args.batch, &beam, &Constraint::None)?
+                    }
+                };
+                let secs = start.elapsed().as_secs_f64();
+                if out.len() != args.batch {
+                    bail!("{} results for {} inputs", out.len(), args.batch);
                 }
+                Ok((secs, out))
             };
-            let secs = start.elapsed().as_secs_f64();
-            if out.len() != args.batch {
-                bail!("{} results for {} inputs", out.len(), args.batch);
+            for _ in 0..args.warmup {
+                run()?;
             }
-            Ok(secs)
+            let mut times = Vec::with_capacity(args.repeats);
+            let mut last = Vec::new();
+            for _ in 0..args.repeats {
+                let (secs, out) = run()?;
+                times.push(secs);
+                last = out;
+            }
+            times.sort_by(f64::total_cmp);
+            Ok((times[times.len() / 2], last))
         };
-        for _ in 0..args.warmup {
-            run()?;
-        }
-        let mut times = (0..args.repeats)
-            .map(|_| run())
-            .collect::<Result<Vec<_>>>()?;
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+        let (median, decoded) = decode_on(&device)?;
         let hf = HF_SECONDS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
         let mut line = serde_json::json!({
             "config": name,
@@ -109,8 +128,8 @@ fn main() -> Result<()> {
             "input_len": args.input_len,
             "max_length": args.max_length,
             "repeats": args.repeats,
+            "device": args.device,
             "seconds_per_batch": median,
-            "min_seconds_per_batch": times[0],
             "inputs_per_second": args.batch as f64 / median,
         });
         // The HF figures are for exactly this job at batch 32 and 20 beams.
@@ -118,18 +137,43 @@ fn main() -> Result<()> {
             line["hf_seconds_per_batch"] = hf.into();
             line["speedup_vs_hf"] = (hf / median).into();
         }
+        if args.compare_cpu && !device.is_cpu() {
+            let (cpu_seconds, on_cpu) = decode_on(&Device::Cpu)?;
+            let same_lists = decoded
+                .iter()
+                .zip(&on_cpu)
+                .filter(|(a, b)| {
+                    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.tokens == y.tokens)
+                })
+                .count();
+            let max_score_diff = decoded
+                .iter()
+                .zip(&on_cpu)
+                .flat_map(|(a, b)| a.iter().zip(b.iter()))
+                .filter(|(x, y)| x.tokens == y.tokens)
+                .map(|(x, y)| (x.score - y.score).abs())
+                .fold(0f32, f32::max);
+            line["cpu_seconds_per_batch"] = cpu_seconds.into();
+            line["inputs_with_same_list_as_cpu"] = same_lists.into();
+            line["max_score_diff_vs_cpu"] = max_score_diff.into();
+        }
         println!("{line}");
     }
     Ok(())
 }
 
 /// Full-length inputs of ids spread over the vocabulary (none is padding or EOS).
-fn inputs(batch: usize, len: usize, vocab: usize) -> Result<(Tensor, Tensor, Tensor)> {
+fn inputs(
+    batch: usize,
+    len: usize,
+    vocab: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let ids: Vec<u32> = (0..batch * len)
         .map(|i| ((i as u64 * 2_654_435_761 % (vocab as u64 - 2)) + 2) as u32)
         .collect();
-    let ids = Tensor::from_vec(ids, (batch, len), &Device::Cpu)?;
-    let words = Tensor::zeros((batch, len), DType::U32, &Device::Cpu)?;
-    let mask = Tensor::ones((batch, len), DType::U32, &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (batch, len), device)?;
+    let words = Tensor::zeros((batch, len), DType::U32, device)?;
+    let mask = Tensor::ones((batch, len), DType::U32, device)?;
     Ok((ids, words, mask))
 }

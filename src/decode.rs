@@ -37,7 +37,7 @@
 //! # }
 //! ```
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::Tensor;
 use peapod_beam::{
     beam_search, log_softmax_rows_in_place, BeamConfig, Constraint, Hypothesis, StepModel,
 };
@@ -235,11 +235,9 @@ impl StepModel for T5Decoder<'_> {
                 .map(|&s| (s - base) as u32)
                 .collect();
             let idx = Tensor::from_vec(live_slots, row - first_row, self.model.device())?;
-            let logits = self
-                .model
-                .project_to_vocab(&hidden.index_select(&idx, 0)?)?;
             let out = &mut log_probs[first_row * vocab..row * vocab];
-            gather_rows(&logits, 0..row - first_row, vocab, out)?;
+            self.model
+                .project_to_vocab_into(&hidden.index_select(&idx, 0)?, out)?;
             out.par_chunks_mut(vocab * 16)
                 .try_for_each(|rows| log_softmax_rows_in_place(rows, vocab))?;
         }
@@ -306,45 +304,6 @@ impl StepModel for T5Decoder<'_> {
         }
         Ok(())
     }
-}
-
-/// Copies rows `rows` of the (N×vocab) matrix `all` into `out` (rows.len() × vocab, f32).
-fn gather_rows(
-    all: &Tensor,
-    rows: impl ExactSizeIterator<Item = usize>,
-    vocab: usize,
-    out: &mut [f32],
-) -> Result<(), PeapodError> {
-    let all = all.to_dtype(DType::F32)?.contiguous()?;
-    let n = all.dim(0)?;
-    if all.dims() != [n, vocab] || out.len() != rows.len() * vocab {
-        return Err(PeapodError::Config(format!(
-            "decoder output {:?}: expected rows × {vocab} for {} hypotheses",
-            all.dims(),
-            out.len() / vocab.max(1)
-        )));
-    }
-    let rows: Vec<usize> = rows.collect();
-    if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
-        return Err(PeapodError::Config(format!(
-            "row {bad} of a {n}-row decoder output"
-        )));
-    }
-    if let Device::Cpu = all.device() {
-        let (storage, layout) = all.storage_and_layout();
-        if let Storage::Cpu(cpu) = &*storage {
-            let src = &cpu.as_slice::<f32>()?[layout.start_offset()..];
-            out.par_chunks_mut(vocab)
-                .zip(rows.par_iter())
-                .for_each(|(dst, &r)| dst.copy_from_slice(&src[r * vocab..(r + 1) * vocab]));
-            return Ok(());
-        }
-    }
-    let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-    let idx = Tensor::from_vec(idx, rows.len(), all.device())?;
-    let picked = all.index_select(&idx, 0)?.flatten_all()?.to_vec1::<f32>()?;
-    out.copy_from_slice(&picked);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -323,7 +323,7 @@ pub fn train(
             let tensors = BatchTensors::from_batch(&batch, model.device())?;
             model
                 .t5()
-                .set_dropout_seed(dropout_seed(cfg.seed, state.global_step));
+                .set_dropout_seed(dropout_seed(cfg.seed, state.global_step))?;
             let loss = model.loss(&tensors, true)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {

@@ -60,5 +60,5 @@ mod trie;
 
 pub use error::BeamError;
 pub use search::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel};
-pub use softmax::log_softmax_rows_in_place;
+pub use softmax::{exp_non_positive, log_softmax_rows_in_place, log_sum_exp};
 pub use trie::PrefixTrie;

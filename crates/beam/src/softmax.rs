@@ -15,16 +15,26 @@ pub fn log_softmax_rows_in_place(values: &mut [f32], width: usize) -> Result<(),
         });
     }
     for row in values.chunks_exact_mut(width) {
-        let max = row_max(row);
-        if max == f32::NEG_INFINITY {
+        let shift = log_sum_exp(row);
+        if shift == f32::NEG_INFINITY {
             continue;
         }
-        let shift = max + sum_exp_shifted(row, max).ln() as f32;
         for x in row.iter_mut() {
             *x -= shift;
         }
     }
     Ok(())
+}
+
+/// ln Σ exp(x) over `row`, computed stably (max shift, f64 block sums); −∞ for an empty or
+/// fully −∞ row. Shared with training code that needs a row's normaliser without rewriting it
+/// (e.g. a fused cross-entropy).
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row_max(row);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + sum_exp_shifted(row, max).ln() as f32
 }
 
 /// Lanes of the manual reductions: plain loops over `[f32; LANES]` accumulators vectorise,
@@ -68,7 +78,7 @@ fn sum_exp_shifted(row: &[f32], max: f32) -> f64 {
 /// (libm's `expf` is a scalar call: it was a quarter of a 20-beam decoding step). Inputs below
 /// −87 (including −∞) return e^−87 ≈ 1.6e−38 instead of 0, harmless in a sum of terms ≥ 1.
 #[inline(always)]
-fn exp_non_positive(x: f32) -> f32 {
+pub fn exp_non_positive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in a high part exact in f32 and a low correction (Cody–Waite).
     const LN2_HI: f32 = 0.693_145_75;
@@ -108,6 +118,15 @@ mod tests {
         assert!(masked.iter().all(|&x| x == f32::NEG_INFINITY));
         assert!(log_softmax_rows_in_place(&mut [0.0; 5], 2).is_err());
         assert!(log_softmax_rows_in_place(&mut [], 0).is_err());
+    }
+
+    #[test]
+    fn log_sum_exp_matches_f64_and_handles_masked_rows() {
+        let row = [0.5f32, -3.0, 12.25, 12.0, f32::NEG_INFINITY];
+        let want = row.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln();
+        assert!((f64::from(log_sum_exp(&row)) - want).abs() < 1e-6);
+        assert_eq!(log_sum_exp(&[]), f32::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 3]), f32::NEG_INFINITY);
     }
 
     #[test]

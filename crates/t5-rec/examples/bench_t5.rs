@@ -1,7 +1,10 @@
 //! Training-step benchmark: forward + backward + AdamW at batch 64, printed as JSON lines.
 //!
 //! cargo run --release -p peapod-t5-rec --example bench_t5 -- --config t5-small|tiny
-//!     [--case 40x6|420x6|20x20 ...] [--steps 3] [--batch 64]
+//!     [--case 40x6|420x6|20x20 ...] [--steps 3] [--batch 64] [--device cpu|cuda]
+//!
+//! `--device cuda` needs a build with `--features cuda` (see `scripts/build_cuda.sh`); each
+//! timed step then ends with a device synchronisation, so the figures are wall-clock.
 
 use std::time::Instant;
 
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let mut cases: Vec<(usize, usize)> = Vec::new();
     let mut steps = 3usize;
     let mut batch = 64usize;
+    let mut device_name = "cpu".to_string();
     let mut i = 1;
     while i < args.len() {
         let value = args.get(i + 1).cloned().unwrap_or_default();
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             "--config" => config = value,
             "--steps" => steps = value.parse()?,
             "--batch" => batch = value.parse()?,
+            "--device" => device_name = value,
             "--case" => {
                 let (a, b) = value
                     .split_once('x')
@@ -67,7 +72,11 @@ fn main() -> anyhow::Result<()> {
         "tiny" => T5Config::tiny(),
         other => anyhow::bail!("--config t5-small|tiny, got {other}"),
     };
-    let device = Device::Cpu;
+    let device = match device_name.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        other => anyhow::bail!("--device cpu|cuda, got {other}"),
+    };
     let varmap = VarMap::new();
     let model = T5ForRec::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     model.reset_parameters(&varmap, "", 0)?;
@@ -100,10 +109,13 @@ fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             let embeds = model.embed_input(&input, &whole)?;
             let loss = model.forward_loss(&embeds, &mask_in, &target, &mask_out, true)?;
+            device.synchronize()?;
             let forward = start.elapsed().as_secs_f64();
             let grads = loss.backward()?;
+            device.synchronize()?;
             let backward = start.elapsed().as_secs_f64();
             opt.step(&grads)?;
+            device.synchronize()?;
             let secs = start.elapsed().as_secs_f64();
             if step > 0 {
                 times.push(secs);
@@ -117,7 +129,7 @@ fn main() -> anyhow::Result<()> {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         println!(
-            "{{\"config\":\"{config}\",\"batch\":{batch},\"input_len\":{t_in},\"target_len\":{t_out},\"median_s_per_step\":{median:.3},\"steps\":{},\"times_s\":{:?},\"peak_rss_mb\":{:.0},\"mean_forward_backward_optimizer_s\":[{:.3},{:.3},{:.3}]}}",
+            "{{\"config\":\"{config}\",\"device\":\"{device_name}\",\"batch\":{batch},\"input_len\":{t_in},\"target_len\":{t_out},\"median_s_per_step\":{median:.3},\"steps\":{},\"times_s\":{:?},\"peak_rss_mb\":{:.0},\"mean_forward_backward_optimizer_s\":[{:.3},{:.3},{:.3}]}}",
             times.len(),
             times.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
             peak_rss_mb(),

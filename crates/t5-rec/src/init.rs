@@ -129,7 +129,7 @@ impl T5ForRec {
             };
             var.set(&values)?;
         }
-        self.set_dropout_seed(seed);
+        self.set_dropout_seed(seed)?;
         Ok(())
     }
 }

@@ -123,3 +123,23 @@ fn grouped_rows_share_their_inputs_encoder_output() -> anyhow::Result<()> {
         .is_err());
     Ok(())
 }
+
+#[test]
+fn projection_into_a_buffer_matches_project_to_vocab() -> anyhow::Result<()> {
+    for tied in [true, false] {
+        let cfg = small_config("relu", tied);
+        let (_vm, model) = common::build_seeded(&cfg, 11)?;
+        // A non-contiguous 3-D input: the rows are read through a transpose.
+        let hidden =
+            Tensor::randn(0f32, 1.0, (cfg.d_model, 5, 2), &Device::Cpu)?.permute((2, 1, 0))?;
+        let want = model.project_to_vocab(&hidden)?.flatten_all()?;
+        let mut out = vec![f32::NAN; 2 * 5 * cfg.vocab_size];
+        model.project_to_vocab_into(&hidden, &mut out)?;
+        let got = Tensor::from_vec(out, want.dims(), &Device::Cpu)?;
+        let diff = max_abs_diff(&got, &want)?;
+        assert!(diff < 1e-5, "tied {tied}: {diff}");
+        let mut short = vec![0f32; 2 * 5 * cfg.vocab_size - 1];
+        assert!(model.project_to_vocab_into(&hidden, &mut short).is_err());
+    }
+    Ok(())
+}
