@@ -49,7 +49,7 @@ struct Args {
     /// Decoder length limit counting the start token (HF's max_length): 11 = up to 10 tokens.
     #[arg(long, default_value_t = 11)]
     max_length: usize,
-    /// Size bound of one decoder group's log-probabilities (default: the library's, 8 MiB).
+    /// Size bound of one decoder group's log-probabilities (default: the library's, 128 MiB).
     #[arg(long)]
     group_mib: Option<usize>,
     /// cpu or cuda.
