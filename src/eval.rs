@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use indicatif::ProgressBar;
-use peapod_beam::{log_softmax_rows_in_place, BeamConfig, Constraint, PrefixTrie};
+use peapod_beam::{log_sum_exp, BeamConfig, Constraint, PrefixTrie};
 use peapod_datasets::{Batch, Dataset, Example, RecTokenizer, Task};
 use peapod_metrics::{RankingAccumulator, TextCorpus, NOT_AN_ITEM};
 use peapod_pmf::MfModel;
@@ -195,6 +195,8 @@ pub fn rank_candidates_exactly(
     let t5 = model.t5();
     let device = model.device();
     let vocab = t5.config().vocab_size;
+    // The projected logits of one input's candidates (tens of MB), reused input after input.
+    let mut logits = Vec::new();
     for chunk in examples.chunks(inputs_per_pass.max(1)) {
         let batch = Batch::from_examples(tokenizer, chunk)?;
         let tensors = BatchTensors::from_batch(&batch, device)?;
@@ -213,6 +215,7 @@ pub fn rank_candidates_exactly(
                 &mask.narrow(0, b, 1)?,
                 &targets,
                 vocab,
+                &mut logits,
             )?;
             let n = targets.len();
             let mut order: Vec<usize> = (0..n).collect();
@@ -226,12 +229,14 @@ pub fn rank_candidates_exactly(
 }
 
 /// Log-likelihood of each target sequence given one encoded input (1×T×d, mask 1×T).
+/// `logits` is scratch space, reused across calls.
 fn score_continuations(
     model: &PeaPod,
     enc: &Tensor,
     mask: &Tensor,
     targets: &[Vec<u32>],
     vocab: usize,
+    logits: &mut Vec<f32>,
 ) -> Result<Vec<f32>, PeapodError> {
     let t5 = model.t5();
     let device = model.device();
@@ -261,17 +266,15 @@ fn score_continuations(
     let d = hidden.dim(2)?;
     let rows = Tensor::new(projected_rows.as_slice(), device)?;
     let selected = hidden.reshape((n * len, d))?.index_select(&rows, 0)?;
-    let mut logp = t5
-        .project_to_vocab(&selected)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    // The beam search's normaliser: one vectorised pass per row instead of candle's five.
-    logp.par_chunks_mut(vocab)
-        .try_for_each(|row| log_softmax_rows_in_place(row, vocab))?;
+    // Written in place (no logits tensor, no copy); only each row's normaliser and the picked
+    // entries are read, so the rows are never rewritten as log-probabilities.
+    logits.resize(projected_rows.len() * vocab, 0.0);
+    t5.project_to_vocab_into(&selected, logits)?;
+    let normalisers: Vec<f32> = logits.par_chunks(vocab).map(log_sum_exp).collect();
     let mut scores = vec![0f32; n];
     for &(r, i) in &picks {
-        scores[r] += logp[i as usize];
+        let i = i as usize;
+        scores[r] += logits[i] - normalisers[i / vocab];
     }
     Ok(scores)
 }
@@ -431,7 +434,8 @@ mod tests {
             vec![7, 9, 4, 1],
             vec![7, 9, 1],
         ];
-        let got = score_continuations(&model, &enc, &mask, &targets, 50)?;
+        let mut scratch = Vec::new();
+        let got = score_continuations(&model, &enc, &mask, &targets, 50, &mut scratch)?;
         for (t, &score) in targets.iter().zip(&got) {
             let ids = Tensor::new(t.as_slice(), &dev)?.unsqueeze(0)?;
             let logits = model
@@ -447,6 +451,9 @@ mod tests {
             assert!((score - want).abs() < 1e-4, "{t:?}: {score} vs {want}");
         }
         assert_eq!(got[0], got[4]);
+        // The scratch buffer, larger than needed now, does not leak into the next input.
+        let again = score_continuations(&model, &enc, &mask, &targets[2..3], 50, &mut scratch)?;
+        assert!((again[0] - got[2]).abs() < 1e-5);
         Ok(())
     }
 }
