@@ -235,8 +235,7 @@ impl StepModel for T5Decoder<'_> {
                 .iter()
                 .map(|&s| (s - base) as u32)
                 .collect();
-            let n = row - first_row;
-            let idx = Tensor::from_vec(live_slots, n, self.model.device())?;
+            let idx = Tensor::from_vec(live_slots, row - first_row, self.model.device())?;
             let out = &mut log_probs[first_row * vocab..row * vocab];
             self.model
                 .project_to_vocab_into(&hidden.index_select(&idx, 0)?, out)?;

@@ -12,8 +12,6 @@
 //! forward and backward. [`nll_rows`] reads the logits once forward (log-sum-exp and the target's
 //! logit) and writes the gradient once backward, g ⊙ (softmax − one-hot).
 
-use std::sync::Arc;
-
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D,
 };
@@ -34,7 +32,7 @@ pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn contiguous_f32<'a>(
+pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     what: &str,
@@ -154,9 +152,7 @@ pub(crate) fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
                 "nll_rows: target {bad} outside a vocabulary of {v}"
             )));
         }
-        return Ok(logits.contiguous()?.apply_op1(NllRows {
-            targets: Arc::new(targets),
-        })?);
+        return Ok(logits.contiguous()?.apply_op1(NllRows { targets })?);
     }
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
@@ -166,7 +162,7 @@ pub(crate) fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 struct NllRows {
-    targets: Arc<Vec<u32>>,
+    targets: Vec<u32>,
 }
 
 impl CustomOp1 for NllRows {
@@ -200,7 +196,7 @@ impl CustomOp1 for NllRows {
             &res.contiguous()?,
             &grad,
             &NllRowsGrad {
-                targets: self.targets.clone(),
+                targets: &self.targets,
             },
         )?))
     }
@@ -208,11 +204,11 @@ impl CustomOp1 for NllRows {
 
 /// (logits, nll, g) ↦ g ⊙ (softmax(logits) − one-hot(target)) per row; the row's log-sum-exp
 /// is recovered as nll + logit[target], so backward makes a single pass.
-struct NllRowsGrad {
-    targets: Arc<Vec<u32>>,
+struct NllRowsGrad<'a> {
+    targets: &'a [u32],
 }
 
-impl CustomOp3 for NllRowsGrad {
+impl CustomOp3 for NllRowsGrad<'_> {
     fn name(&self) -> &'static str {
         "t5-rec-nll-rows-grad"
     }

@@ -301,6 +301,15 @@ impl T5ForRec {
         drop.forward(&self.decoder_norm.forward(&h)?, train)
     }
 
+    /// The output embedding (V×d) and the factor applied to hidden states before it: Hugging
+    /// Face's d^-0.5 when the head is tied to the shared embeddings, none otherwise.
+    fn output_embedding(&self) -> (&Tensor, Option<f64>) {
+        match &self.lm_head {
+            Some(w) => (w, None),
+            None => (&self.shared, Some((self.cfg.d_model as f64).powf(-0.5))),
+        }
+    }
+
     /// Vocabulary projection of hidden states (…×d → …×V), with Hugging Face's d^-0.5 scaling
     /// when the head is tied to the shared embeddings. The input is flattened to 2-D first.
     pub fn project_to_vocab(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -308,10 +317,12 @@ impl T5ForRec {
         let d = self.cfg.d_model;
         let rows = hidden.elem_count() / d;
         let flat = hidden.reshape((rows, d))?;
-        let logits = match &self.lm_head {
-            Some(w) => flat.matmul(&w.t()?)?,
-            None => (flat * (d as f64).powf(-0.5))?.matmul(&self.shared.t()?)?,
+        let (weight, scale) = self.output_embedding();
+        let flat = match scale {
+            Some(scale) => (flat * scale)?,
+            None => flat,
         };
+        let logits = flat.matmul(&weight.t()?)?;
         let mut out = dims[..dims.len() - 1].to_vec();
         out.push(self.cfg.vocab_size);
         Ok(logits.reshape(out)?)
@@ -335,10 +346,7 @@ impl T5ForRec {
             )));
         }
         let rows = hidden.elem_count() / d;
-        let (weight, scale) = match &self.lm_head {
-            Some(w) => (w, 1f32),
-            None => (&self.shared, (d as f32).powf(-0.5)),
-        };
+        let (weight, scale) = self.output_embedding();
         let hidden = hidden.reshape((rows, d))?.contiguous()?;
         if rows > 0
             && hidden.device().is_cpu()
@@ -347,18 +355,11 @@ impl T5ForRec {
         {
             let (h_storage, h_layout) = hidden.storage_and_layout();
             let (w_storage, w_layout) = weight.storage_and_layout();
-            if let (
-                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(h)),
-                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)),
-                Some((h_start, h_end)),
-                Some((w_start, w_end)),
-            ) = (
-                &*h_storage,
-                &*w_storage,
-                h_layout.contiguous_offsets(),
-                w_layout.contiguous_offsets(),
-            ) {
-                let (h, w) = (&h[h_start..h_end], &w[w_start..w_end]);
+            if let (candle_core::Storage::Cpu(h), candle_core::Storage::Cpu(w)) =
+                (&*h_storage, &*w_storage)
+            {
+                let h = crate::fused::contiguous_f32(h, h_layout, "project_to_vocab_into")?;
+                let w = crate::fused::contiguous_f32(w, w_layout, "project_to_vocab_into")?;
                 if h.len() == rows * d && w.len() == v * d {
                     // out (rows×V) = scale · h (rows×d) · wᵀ; wᵀ is w read with swapped strides.
                     // SAFETY: the slices' lengths were checked against the dimensions and
@@ -379,7 +380,7 @@ impl T5ForRec {
                             d as isize,
                             1,
                             0.0,
-                            scale,
+                            scale.unwrap_or(1.0) as f32,
                             false,
                             false,
                             false,
