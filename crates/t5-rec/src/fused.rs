@@ -352,6 +352,24 @@ mod tests {
             .unwrap_or(f32::INFINITY)
     }
 
+    /// Gradients with respect to `x` of Σ w ⊙ fused and of Σ w ⊙ composed.
+    fn weighted_sum_gradients(
+        fused: &Tensor,
+        composed: &Tensor,
+        w: &Tensor,
+        x: &Var,
+    ) -> Result<(Tensor, Tensor)> {
+        let g_fused = (fused * w)?.sum_all()?.backward()?;
+        let g_composed = (composed * w)?.sum_all()?.backward()?;
+        Ok((
+            g_fused.get(x.as_tensor()).expect("fused gradient").clone(),
+            g_composed
+                .get(x.as_tensor())
+                .expect("composed gradient")
+                .clone(),
+        ))
+    }
+
     #[test]
     fn matches_the_composed_softmax_forward_and_backward() -> Result<()> {
         let dev = Device::Cpu;
@@ -367,16 +385,11 @@ mod tests {
         let sums = fused.sum(D::Minus1)?;
         assert!(max_diff(&sums, &Tensor::ones_like(&sums)?) < 1e-5);
 
-        let g_fused = (fused * &w)?.sum_all()?.backward()?;
-        let g_composed = (composed * &w)?.sum_all()?.backward()?;
-        let (a, b) = (
-            g_fused.get(x.as_tensor()).expect("fused gradient"),
-            g_composed.get(x.as_tensor()).expect("composed gradient"),
-        );
+        let (a, b) = weighted_sum_gradients(&fused, &composed, &w, &x)?;
         assert!(
-            max_diff(a, b) < 1e-5,
+            max_diff(&a, &b) < 1e-5,
             "gradients differ by {}",
-            max_diff(a, b)
+            max_diff(&a, &b)
         );
         Ok(())
     }
@@ -417,16 +430,11 @@ mod tests {
         let composed = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
         assert!(max_diff(&fused, &composed) < 1e-4);
 
-        let g_fused = (fused * &weights)?.sum_all()?.backward()?;
-        let g_composed = (composed * &weights)?.sum_all()?.backward()?;
-        let (a, b) = (
-            g_fused.get(x.as_tensor()).expect("fused gradient"),
-            g_composed.get(x.as_tensor()).expect("composed gradient"),
-        );
+        let (a, b) = weighted_sum_gradients(&fused, &composed, &weights, &x)?;
         assert!(
-            max_diff(a, b) < 1e-5,
+            max_diff(&a, &b) < 1e-5,
             "gradients differ by {}",
-            max_diff(a, b)
+            max_diff(&a, &b)
         );
         // Each row's gradient is w · (softmax − one-hot): it sums to zero.
         let row_sums = a.sum(D::Minus1)?;
