@@ -16,6 +16,9 @@ const BATCH: usize = 32;
 const INPUT_LEN: usize = 40;
 
 fn bench(c: &mut Criterion) {
+    // Before the first tensor operation, as the examples do (see `limit_worker_spinning`).
+    peapod::retain_freed_memory();
+    peapod::limit_worker_spinning();
     let mut group = c.benchmark_group("beam_search_b32_beams20_new10");
     // One t5-small iteration takes seconds: ten samples are all a few minutes allow.
     group.sample_size(10);

@@ -61,8 +61,10 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    // Large tensors are freed and reallocated every step: keep them in the heap.
+    // Large tensors are freed and reallocated every step: keep them in the heap; and let
+    // candle's idle workers sleep instead of spinning on cores the gemm needs.
     peapod::retain_freed_memory();
+    peapod::limit_worker_spinning();
     let args = Args::parse();
     let configs: Vec<(&str, T5Config)> = match args.config.as_str() {
         "tiny" => vec![("tiny", T5Config::tiny())],

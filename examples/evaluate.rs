@@ -14,8 +14,10 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Large tensors are freed and reallocated every step: keep them in the heap.
+    // Large tensors are freed and reallocated every step: keep them in the heap; and let
+    // candle's idle workers sleep instead of spinning on cores the gemm needs.
     peapod::retain_freed_memory();
+    peapod::limit_worker_spinning();
     let cli = Cli::parse();
     common::run_evaluation(&cli.args)?;
     Ok(())

@@ -38,11 +38,8 @@
 //! ```
 
 use candle_core::Tensor;
-use peapod_beam::{
-    beam_search, log_softmax_rows_in_place, BeamConfig, Constraint, Hypothesis, StepModel,
-};
+use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, StepScores};
 use peapod_t5_rec::{DecoderState, T5ForRec};
-use rayon::prelude::*;
 
 use crate::PeapodError;
 
@@ -186,6 +183,10 @@ impl StepModel for T5Decoder<'_> {
         self.model.config().vocab_size
     }
 
+    fn step_scores(&self) -> StepScores {
+        StepScores::Logits
+    }
+
     fn step(
         &mut self,
         state: &mut T5BeamState,
@@ -236,11 +237,10 @@ impl StepModel for T5Decoder<'_> {
                 .map(|&s| (s - base) as u32)
                 .collect();
             let idx = Tensor::from_vec(live_slots, row - first_row, self.model.device())?;
+            // Raw logits: the search normalises each row as it ranks it (StepScores::Logits).
             let out = &mut log_probs[first_row * vocab..row * vocab];
             self.model
                 .project_to_vocab_into(&hidden.index_select(&idx, 0)?, out)?;
-            out.par_chunks_mut(vocab * 16)
-                .try_for_each(|rows| log_softmax_rows_in_place(rows, vocab))?;
         }
         if row != live {
             return Err(PeapodError::Config(format!(

@@ -7,7 +7,7 @@ mod error;
 pub mod eval;
 pub mod model;
 pub use peapod_t5_rec::optim;
-pub use peapod_t5_rec::retain_freed_memory;
+pub use peapod_t5_rec::{limit_worker_spinning, retain_freed_memory};
 pub mod pipeline;
 mod progress;
 pub mod train;

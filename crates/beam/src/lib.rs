@@ -54,11 +54,12 @@
 
 mod error;
 mod search;
+mod simd;
 mod softmax;
 mod topk;
 mod trie;
 
 pub use error::BeamError;
-pub use search::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel};
+pub use search::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, StepScores};
 pub use softmax::{exp_non_positive, log_softmax_rows_in_place, log_sum_exp};
 pub use trie::PrefixTrie;

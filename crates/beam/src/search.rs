@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::softmax::log_sum_exp;
 use crate::topk::{Candidate, TopK};
 use crate::trie::{PrefixTrie, ROOT};
 use crate::BeamError;
@@ -30,15 +31,23 @@ pub trait StepModel {
     /// Vocabulary size: the width of each row written by [`StepModel::step`].
     fn vocab_size(&self) -> usize;
 
-    /// Writes the next-token log-probabilities of every row into `log_probs`, row-major, exactly
-    /// `last_tokens.len() × vocab_size()` values, given each row's last token (and whatever the
-    /// state remembers of the earlier ones). Use [`crate::log_softmax_rows_in_place`] on raw
-    /// logits if the model does not normalise itself.
+    /// What [`StepModel::step`] writes. The default, [`StepScores::LogProbabilities`], suits a
+    /// model that normalises itself; a model that produces raw logits should say
+    /// [`StepScores::Logits`] and leave the normalising to the search, which then reads each
+    /// row once from memory for its log-sum-exp and ranks it while it is still in cache
+    /// (normalising in the model would add a read and a write of every row).
+    fn step_scores(&self) -> StepScores {
+        StepScores::LogProbabilities
+    }
+
+    /// Writes the next-token log-probabilities (or logits, see [`StepModel::step_scores`]) of
+    /// every row into `log_probs`, row-major, exactly `last_tokens.len() × vocab_size()` values,
+    /// given each row's last token (and whatever the state remembers of the earlier ones).
     ///
     /// `log_probs` is a buffer owned by the search and handed back every step: a CPU model can
     /// resize and fill it in place (no allocation after the first step), and a model whose
     /// backend already produced a `Vec<f32>` can move it in with `*log_probs = v` at no copy.
-    /// The search may overwrite entries (masking) after the call.
+    /// The search only reads the buffer.
     fn step(
         &mut self,
         state: &mut Self::State,
@@ -51,6 +60,18 @@ pub trait StepModel {
     /// several beams) or be missing (pruned or finished hypotheses). Not called when the new
     /// layout is the identity.
     fn reorder(&mut self, state: &mut Self::State, indices: &[usize]) -> Result<(), Self::Error>;
+}
+
+/// The meaning of the rows a [`StepModel`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepScores {
+    /// Next-token log-probabilities, used as they are.
+    #[default]
+    LogProbabilities,
+    /// Raw logits: the search takes `logit − ln Σ exp(logits of the row)` (the row's
+    /// log-softmax, computed by [`crate::log_sum_exp`]), exactly what
+    /// [`crate::log_softmax_rows_in_place`] would have written.
+    Logits,
 }
 
 /// Beam search settings, with the meaning of the same-named Hugging Face `generate` arguments.
@@ -302,6 +323,7 @@ pub fn beam_search<M: StepModel>(
     constraint: &Constraint,
 ) -> Result<Vec<Vec<Hypothesis>>, BeamError> {
     let vocab = model.vocab_size();
+    let scores = model.step_scores();
     cfg.validate(vocab)?;
     let tries: Vec<Option<&PrefixTrie>> = match constraint {
         Constraint::None => vec![None; batch_size],
@@ -376,17 +398,11 @@ pub fn beam_search<M: StepModel>(
         let is_last = t == width;
         // HF bans EOS while the decoder length (start + t − 1 generated) is below min_length.
         let eos_banned = t < cfg.min_length;
+        let banned = eos_banned.then_some(eos);
         let denom = (t as f32).powf(cfg.length_penalty);
         let mut new_rows = 0;
         indices.clear();
 
-        if eos_banned {
-            for b in (0..batch_size).filter(|&b| !done[b] && tries[b].is_none()) {
-                for row in in_start[b]..in_start[b] + in_count[b] {
-                    log_probs[row * vocab + eos as usize] = f32::NEG_INFINITY;
-                }
-            }
-        }
         {
             let (log_probs, score, node) = (&log_probs, &score, &node);
             let (in_start, in_count, done, tries) = (&in_start, &in_count, &done, &tries);
@@ -400,14 +416,26 @@ pub fn beam_search<M: StepModel>(
                     for r in 0..count {
                         let row = start + r;
                         let lp = &log_probs[row * vocab..(row + 1) * vocab];
+                        // The row's log-softmax shift, while the row is read anyway (HF
+                        // normalises before banning EOS, so EOS counts in the sum).
+                        let shift = match scores {
+                            StepScores::LogProbabilities => 0.0,
+                            StepScores::Logits => log_sum_exp(lp),
+                        };
+                        if shift == f32::NEG_INFINITY {
+                            // A fully masked row has no continuation.
+                            continue;
+                        }
                         match tries[b] {
-                            None => sel.topk.offer_dense(lp, score[row], r as u32),
+                            None => sel
+                                .topk
+                                .offer_dense(lp, score[row], shift, r as u32, banned),
                             Some(trie) => {
                                 // Only the allowed children are looked at: the mask is implicit.
                                 for &tok in trie.children(node[row]).0 {
-                                    if !(eos_banned && tok == eos) {
+                                    if banned != Some(tok) {
                                         sel.topk.offer(
-                                            score[row] + lp[tok as usize],
+                                            score[row] + (lp[tok as usize] - shift),
                                             r as u32,
                                             tok,
                                         );

@@ -62,29 +62,41 @@ impl TopK {
         }
     }
 
-    /// Offers every token of a dense log-probability row of beam `row` whose score is `beam_score`.
-    /// Blocks whose best entry cannot beat the current k-th best are skipped after one
-    /// vectorised max, so a full row costs little more than reading it.
-    pub fn offer_dense(&mut self, log_probs: &[f32], beam_score: f32, row: u32) {
-        let mut base = 0u32;
-        let mut blocks = log_probs.chunks_exact(BLOCK);
-        for block in &mut blocks {
-            if self.heap.len() == self.k {
-                let m = block_max(block);
-                // f32 addition is monotone, so no entry of the block can pass if its max fails.
-                if beam_score + m <= self.heap[0].score {
-                    base += BLOCK as u32;
-                    continue;
-                }
+    /// Offers every token of a dense row of beam `row` whose score is `beam_score`: token `j`
+    /// scores `beam_score + (values[j] − shift)` (`shift` is the row's log-sum-exp for raw
+    /// logits, 0 for log-probabilities). The `banned` token, if any, is skipped. Blocks whose
+    /// best entry cannot beat the current k-th best are skipped after one vectorised max, so a
+    /// full row costs little more than reading it.
+    pub fn offer_dense(
+        &mut self,
+        values: &[f32],
+        beam_score: f32,
+        shift: f32,
+        row: u32,
+        banned: Option<u32>,
+    ) {
+        match banned.map(|t| t as usize).filter(|&t| t < values.len()) {
+            None => self.offer_segment(values, 0, beam_score, shift, row),
+            Some(t) => {
+                self.offer_segment(&values[..t], 0, beam_score, shift, row);
+                self.offer_segment(&values[t + 1..], t as u32 + 1, beam_score, shift, row);
             }
-            for (j, &x) in block.iter().enumerate() {
-                self.offer(beam_score + x, row, base + j as u32);
-            }
-            base += BLOCK as u32;
         }
-        for (j, &x) in blocks.remainder().iter().enumerate() {
-            self.offer(beam_score + x, row, base + j as u32);
-        }
+    }
+
+    /// [`TopK::offer_dense`] over `values`, whose first entry is token `first_token`.
+    fn offer_segment(
+        &mut self,
+        values: &[f32],
+        first_token: u32,
+        beam_score: f32,
+        shift: f32,
+        row: u32,
+    ) {
+        crate::simd::dispatch!(
+            offer_segment_avx2(self, values, first_token, beam_score, shift, row),
+            offer_segment(self, values, first_token, beam_score, shift, row)
+        )
     }
 
     /// Moves the candidates into `out`, best first.
@@ -137,7 +149,49 @@ impl TopK {
     }
 }
 
-#[inline]
+crate::simd::avx2_variant!(
+    fn offer_segment_avx2(
+        topk: &mut TopK,
+        values: &[f32],
+        first_token: u32,
+        beam_score: f32,
+        shift: f32,
+        row: u32
+    ) = offer_segment
+);
+
+#[inline(always)]
+fn offer_segment(
+    topk: &mut TopK,
+    values: &[f32],
+    first_token: u32,
+    beam_score: f32,
+    shift: f32,
+    row: u32,
+) {
+    let mut base = first_token;
+    let mut blocks = values.chunks_exact(BLOCK);
+    for block in &mut blocks {
+        if topk.heap.len() == topk.k {
+            let m = block_max(block);
+            // f32 subtraction and addition are monotone, so no entry of the block can pass if
+            // its maximum fails.
+            if beam_score + (m - shift) <= topk.heap[0].score {
+                base += BLOCK as u32;
+                continue;
+            }
+        }
+        for (j, &x) in block.iter().enumerate() {
+            topk.offer(beam_score + (x - shift), row, base + j as u32);
+        }
+        base += BLOCK as u32;
+    }
+    for (j, &x) in blocks.remainder().iter().enumerate() {
+        topk.offer(beam_score + (x - shift), row, base + j as u32);
+    }
+}
+
+#[inline(always)]
 fn block_max(block: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     for lane in block.chunks_exact(LANES) {
@@ -178,7 +232,13 @@ mod tests {
                 .collect();
             let mut topk = TopK::new(k);
             for r in 0..rows {
-                topk.offer_dense(&data[r * vocab..(r + 1) * vocab], beam[r], r as u32);
+                topk.offer_dense(
+                    &data[r * vocab..(r + 1) * vocab],
+                    beam[r],
+                    0.0,
+                    r as u32,
+                    None,
+                );
             }
             let mut got = Vec::new();
             topk.drain_sorted(&mut got);
@@ -196,6 +256,35 @@ mod tests {
                     .unwrap()
                     .then((a.row, a.token).cmp(&(b.row, b.token)))
             });
+            all.truncate(k);
+            assert_eq!(got, all, "trial {trial}");
+        }
+    }
+
+    #[test]
+    fn dense_selection_applies_the_shift_and_skips_the_banned_token() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for trial in 0..50 {
+            let vocab = 1 + rng.random_range(0..400);
+            let k = 1 + rng.random_range(0..8);
+            let data: Vec<f32> = (0..vocab).map(|_| rng.random_range(-5.0..5.0)).collect();
+            let (beam, shift) = (-1.25f32, rng.random_range(-3.0f32..3.0));
+            let banned = rng
+                .random_bool(0.7)
+                .then(|| rng.random_range(0..vocab as u32 + 2));
+            let mut topk = TopK::new(k);
+            topk.offer_dense(&data, beam, shift, 0, banned);
+            let mut got = Vec::new();
+            topk.drain_sorted(&mut got);
+            let mut all: Vec<Candidate> = (0..vocab as u32)
+                .filter(|&t| Some(t) != banned)
+                .map(|t| Candidate {
+                    score: beam + (data[t as usize] - shift),
+                    row: 0,
+                    token: t,
+                })
+                .collect();
+            all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.token.cmp(&b.token)));
             all.truncate(k);
             assert_eq!(got, all, "trial {trial}");
         }

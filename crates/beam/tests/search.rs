@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use peapod_beam::{
     beam_search, log_softmax_rows_in_place, BeamConfig, BeamError, Constraint, Hypothesis,
-    PrefixTrie, StepModel,
+    PrefixTrie, StepModel, StepScores,
 };
 use rand::{Rng, SeedableRng};
 
@@ -15,6 +15,14 @@ const START: u32 = 0;
 /// Log-probabilities of a tiny deterministic "language model": a hash of (seed, input, prefix,
 /// token) gives the logits, so every prefix has its own distribution.
 fn toy_log_probs(seed: u64, input: usize, prefix: &[u32], vocab: usize) -> Vec<f32> {
+    let mut logits = toy_logits(seed, input, prefix, vocab);
+    log_softmax_rows_in_place(&mut logits, vocab).unwrap();
+    logits
+}
+
+/// The unnormalised logits behind [`toy_log_probs`] (offset by a prefix-dependent constant, so
+/// that normalising matters).
+fn toy_logits(seed: u64, input: usize, prefix: &[u32], vocab: usize) -> Vec<f32> {
     let mut h: u64 = seed ^ 0x9E37_79B9_7F4A_7C15 ^ (input as u64).wrapping_mul(0x1000_0000_01B3);
     for &t in prefix {
         h = (h ^ u64::from(t) ^ 0xABCD).wrapping_mul(0x1000_0000_01B3);
@@ -29,7 +37,8 @@ fn toy_log_probs(seed: u64, input: usize, prefix: &[u32], vocab: usize) -> Vec<f
             ((x % 100_000) as f32 / 100_000.0) * 6.0 - 3.0
         })
         .collect();
-    log_softmax_rows_in_place(&mut logits, vocab).unwrap();
+    let offset = (h % 17) as f32 - 8.0;
+    logits.iter_mut().for_each(|x| *x += offset);
     logits
 }
 
@@ -39,6 +48,8 @@ struct Toy {
     seed: u64,
     vocab: usize,
     row_counts: Vec<usize>,
+    /// Write raw logits ([`StepScores::Logits`]) instead of log-probabilities.
+    logits: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +63,14 @@ impl StepModel for Toy {
 
     fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    fn step_scores(&self) -> StepScores {
+        if self.logits {
+            StepScores::Logits
+        } else {
+            StepScores::LogProbabilities
+        }
     }
 
     fn step(
@@ -78,7 +97,11 @@ impl StepModel for Toy {
                 )));
             }
             *fed = true;
-            out.extend(toy_log_probs(self.seed, *input, &prefix[1..], self.vocab));
+            if self.logits {
+                out.extend(toy_logits(self.seed, *input, &prefix[1..], self.vocab));
+            } else {
+                out.extend(toy_log_probs(self.seed, *input, &prefix[1..], self.vocab));
+            }
         }
         Ok(())
     }
@@ -94,6 +117,7 @@ fn toy(seed: u64, vocab: usize) -> Toy {
         seed,
         vocab,
         row_counts: Vec::new(),
+        logits: false,
     }
 }
 
@@ -461,6 +485,48 @@ fn random_trie(rng: &mut impl Rng, vocab: u32, n: usize, max_len: usize) -> Pref
         })
         .collect();
     PrefixTrie::new(seqs, EOS).unwrap()
+}
+
+#[test]
+fn a_model_writing_logits_gets_exactly_the_results_of_its_log_softmax() {
+    // The search's own normalisation must reproduce log_softmax_rows_in_place bit for bit,
+    // with EOS banned (min_length), with and without constraints, on vocabularies wider than
+    // the selection's blocks (and one that is not a multiple of them).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut found = 0;
+    for trial in 0..24u64 {
+        let vocab = [7usize, 64, 300, 1_037][trial as usize % 4];
+        let batch = 1 + rng.random_range(0..4);
+        let nb = 1 + rng.random_range(0..8);
+        let mut c = cfg(
+            nb,
+            1 + rng.random_range(0..nb),
+            2 + rng.random_range(0..5),
+            1.0,
+        );
+        c.min_length = rng.random_range(0..4);
+        c.early_stopping = rng.random_bool(0.5);
+        let constraint = if trial % 3 == 0 {
+            Constraint::Shared(Arc::new(random_trie(&mut rng, vocab as u32, 20, 4)))
+        } else {
+            Constraint::None
+        };
+        let want = beam_search(
+            &mut toy(trial, vocab),
+            initial_state(batch),
+            batch,
+            &c,
+            &constraint,
+        )
+        .unwrap();
+        let mut raw = toy(trial, vocab);
+        raw.logits = true;
+        let got = beam_search(&mut raw, initial_state(batch), batch, &c, &constraint).unwrap();
+        assert_eq!(got, want, "trial {trial}");
+        found += usize::from(want.iter().any(|h| !h.is_empty()));
+    }
+    // (Some settings allow no sequence at all, e.g. min_length beyond every allowed item.)
+    assert!(found >= 16, "only {found} of 24 trials found hypotheses");
 }
 
 #[test]

@@ -38,8 +38,10 @@ fn pseudo_ids(rows: usize, cols: usize, hi: u32, seed: u64) -> Vec<u32> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Large tensors are freed and reallocated every step: keep them in the heap.
+    // Large tensors are freed and reallocated every step: keep them in the heap; and let
+    // candle's idle workers sleep instead of spinning on cores the gemm needs.
     peapod_t5_rec::retain_freed_memory();
+    peapod_t5_rec::limit_worker_spinning();
     let args: Vec<String> = std::env::args().collect();
     let mut config = "tiny".to_string();
     let mut cases: Vec<(usize, usize)> = Vec::new();

@@ -50,6 +50,7 @@ mod layers;
 mod memory;
 mod model;
 pub mod optim;
+mod threads;
 mod weights;
 
 pub use config::T5Config;
@@ -58,6 +59,7 @@ pub use init::parameter_names;
 pub use layers::relative_position_bucket;
 pub use memory::retain_freed_memory;
 pub use model::{DecoderState, T5ForRec, WHOLE_WORD_EMBEDDINGS};
+pub use threads::{limit_worker_spinning, WORKER_SPIN_LIMIT};
 #[cfg(feature = "hub")]
 pub use weights::download_from_hub;
 pub use weights::{load_weights, save_checkpoint, HubFiles, LoadOptions, LoadReport};
