@@ -217,7 +217,14 @@ impl StepModel for T5Decoder<'_> {
                 // Every input of the group has finished: its cache is never read again.
                 continue;
             }
-            let rows = group.decoder.rows();
+            // The first step has one hypothesis per input: the decoder runs once per input and
+            // copies its cache to the input's beams. Afterwards it runs on every slot.
+            let per_input = group.decoder.step() == 0 && row - first_row == group.inputs;
+            let (rows, slots_per_row) = if per_input {
+                (group.inputs, beams)
+            } else {
+                (group.decoder.rows(), 1)
+            };
             // Slots without a hypothesis are decoded too (the layout is fixed) but never read:
             // any token will do.
             self.tokens.clear();
@@ -226,17 +233,16 @@ impl StepModel for T5Decoder<'_> {
                 .iter()
                 .zip(&last_tokens[first_row..row])
             {
-                self.tokens[slot - base] = tok;
+                self.tokens[(slot - base) / slots_per_row] = tok;
             }
             let tokens = Tensor::from_slice(&self.tokens, rows, self.model.device())?;
             let hidden = self.model.decode_step_hidden(&mut group.decoder, &tokens)?;
-            // Only the hypotheses' rows go through the vocabulary projection (at the first
-            // step that is one row per input instead of `beams`).
-            let live_slots: Vec<u32> = state.slot[first_row..row]
+            // Only the hypotheses' rows go through the vocabulary projection.
+            let live_rows: Vec<u32> = state.slot[first_row..row]
                 .iter()
-                .map(|&s| (s - base) as u32)
+                .map(|&s| ((s - base) / slots_per_row) as u32)
                 .collect();
-            let idx = Tensor::from_vec(live_slots, row - first_row, self.model.device())?;
+            let idx = Tensor::from_vec(live_rows, row - first_row, self.model.device())?;
             // Raw logits: the search normalises each row as it ranks it (StepScores::Logits).
             let out = &mut log_probs[first_row * vocab..row * vocab];
             self.model

@@ -143,3 +143,45 @@ fn projection_into_a_buffer_matches_project_to_vocab() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_first_step_per_input_matches_one_per_beam() -> anyhow::Result<()> {
+    let cfg = small_config("gated-gelu", false);
+    let (_vm, model) = build(&cfg)?;
+    let (b, t, beams) = (2, 6, 3);
+    let input = tensor2(&ids(b, t, 2, 40, 12))?;
+    let mask = tensor2(&[vec![1, 1, 1, 1, 1, 1], vec![1, 1, 1, 0, 0, 0]])?;
+    let enc = model.encode(&model.embed_tokens(&input)?, &mask, false)?;
+    let starts = [cfg.decoder_start_token_id, 7];
+    let mut per_beam = model.start_decoding(&enc, &mask, beams)?;
+    let mut per_input = model.start_decoding(&enc, &mask, beams)?;
+    let every_row: Vec<u32> = (0..b * beams).map(|r| starts[r / beams]).collect();
+    let h_rows = model.decode_step_hidden(
+        &mut per_beam,
+        &Tensor::from_vec(every_row, b * beams, &Device::Cpu)?,
+    )?;
+    let h_inputs =
+        model.decode_step_hidden(&mut per_input, &Tensor::new(&starts, &Device::Cpu)?)?;
+    assert_eq!(h_inputs.dims(), &[b, cfg.d_model]);
+    let first_beams = Tensor::new(&[0u32, 3], &Device::Cpu)?;
+    assert!(max_abs_diff(&h_inputs, &h_rows.index_select(&first_beams, 0)?)? < 1e-6);
+    // The copied cache serves every beam: later steps agree row by row.
+    let src = [2, 0, 1, 3, 3, 4];
+    per_beam.reorder(&src)?;
+    per_input.reorder(&src)?;
+    for step in 0..2 {
+        let next = Tensor::from_vec(
+            ids(1, b * beams, 2, 40, 13 + step)[0].clone(),
+            b * beams,
+            &Device::Cpu,
+        )?;
+        let a = model.decode_step(&mut per_beam, &next)?;
+        let c = model.decode_step(&mut per_input, &next)?;
+        assert!(max_abs_diff(&a, &c)? < 1e-6, "step {step}");
+    }
+    // One token per input is only accepted at the first step.
+    assert!(model
+        .decode_step(&mut per_input, &Tensor::new(&starts, &Device::Cpu)?)
+        .is_err());
+    Ok(())
+}

@@ -113,8 +113,9 @@ impl T5ForRec {
         })
     }
 
-    /// Feeds one token per row (`last_tokens`: B·beams u32; the decoder start token at step 0)
-    /// and returns the next-token log-probabilities, (B·beams)×V (f32 for a half-precision
+    /// Feeds one token per row (`last_tokens`: B·beams u32; the decoder start token at step 0,
+    /// where one per input also serves: see [`T5ForRec::decode_step_hidden`]) and returns the
+    /// next-token log-probabilities, rows×V (f32 for a half-precision
     /// model). Inference only: no
     /// dropout, no gradient.
     pub fn decode_step(&self, state: &mut DecoderState, last_tokens: &Tensor) -> Result<Tensor> {
@@ -123,23 +124,36 @@ impl T5ForRec {
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
-    /// Like [`T5ForRec::decode_step`], but returns the final decoder states ((B·beams)×d, after
-    /// the last layer norm) instead of log-probabilities, so that a caller can project only the
-    /// rows it will read (a beam search reads one row per live hypothesis: a single row per
-    /// input at the first step) and normalise them its own way.
+    /// Like [`T5ForRec::decode_step`], but returns the final decoder states (rows×d, after the
+    /// last layer norm) instead of log-probabilities, so that a caller can project only the
+    /// rows it will read and normalise them its own way.
+    ///
+    /// At the first step `last_tokens` may also hold one token per input (B instead of
+    /// B·beams): all beams of an input then start from that token, the layers run once per
+    /// input (B×d is returned), and the self-attention cache is copied to the input's beams.
+    /// A beam search, whose first step has a single hypothesis per input, saves
+    /// (beams − 1)/beams of that step's decoder work.
     pub fn decode_step_hidden(
         &self,
         state: &mut DecoderState,
         last_tokens: &Tensor,
     ) -> Result<Tensor> {
-        let n = state.rows();
+        let (b, beams, t) = (state.batch, state.beams, state.step);
+        let per_input = t == 0 && beams > 1 && last_tokens.elem_count() == b;
+        // Rows computed here, and how many of them each input has.
+        let (n, beams) = if per_input {
+            (b, 1)
+        } else {
+            (state.rows(), beams)
+        };
         if last_tokens.elem_count() != n {
             return Err(T5Error::InvalidInput(format!(
-                "decode_step: {} tokens for {n} decoder rows",
-                last_tokens.elem_count()
+                "decode_step: {} tokens for {} decoder rows ({b} inputs × {} beams)",
+                last_tokens.elem_count(),
+                state.rows(),
+                state.beams
             )));
         }
-        let (b, beams, t) = (state.batch, state.beams, state.step);
         let heads = self.cfg.num_heads;
         let dk = self.cfg.d_kv;
         let mut h = embedding(&self.shared, &last_tokens.flatten_all()?)?;
@@ -175,7 +189,11 @@ impl T5ForRec {
             }
             .reshape((n, heads * dk))?;
             h = (h + att.o.forward(&ctx)?)?;
-            state.self_kv[l] = Some((k, v));
+            state.self_kv[l] = Some(if per_input {
+                (repeat_rows(&k, state.beams)?, repeat_rows(&v, state.beams)?)
+            } else {
+                (k, v)
+            });
 
             let ca = &block.cross_attn;
             let x = block.cross_norm.forward_inference(&h)?;
@@ -203,4 +221,18 @@ impl T5ForRec {
         state.step += 1;
         Ok(h)
     }
+}
+
+/// Each row of `x` (first dimension) `times` times in a row: rows r·times .. (r+1)·times of the
+/// result are copies of row r.
+fn repeat_rows(x: &Tensor, times: usize) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let rows = dims[0];
+    let mut wide = dims.clone();
+    wide.insert(1, times);
+    dims[0] = rows * times;
+    Ok(x.unsqueeze(1)?
+        .broadcast_as(wide)?
+        .contiguous()?
+        .reshape(dims)?)
 }
