@@ -28,6 +28,9 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::fused::linear(x, &self.weight)? {
+            return Ok(y);
+        }
         let dims = x.dims();
         let d_in = dims[dims.len() - 1];
         let rows = x.elem_count() / d_in.max(1);
@@ -52,6 +55,9 @@ impl RmsNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::fused::rms_norm(x, &self.weight, self.eps)? {
+            return Ok(y);
+        }
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(x.broadcast_mul(&self.weight)?)
