@@ -712,6 +712,116 @@ pub(crate) fn small_attention(
     )?))
 }
 
+/// Single-query self-attention of incremental decoding over a cache kept per step (CPU f32):
+/// row `r`, head `h` attends, at each earlier step `s`, to row `origin[s][r]` of that step's keys
+/// and values `kv[s]` (rows × H·d_kv), and at the current (last) step to row `current[r]`;
+/// `bias` is the position bias, H × steps. Returns the context, rows × H·d_kv.
+///
+/// Why: with the cache stored per step, reordering beams is a permutation of `origin` and
+/// appending a step stores one tensor; the dense cache was concatenated and copied every step.
+pub(crate) fn cached_attention(
+    q: &Tensor,
+    kv: &[(Tensor, Tensor)],
+    origin: &[Vec<u32>],
+    current: &[u32],
+    bias: &[f32],
+    (heads, dk): (usize, usize),
+) -> Result<Vec<f32>> {
+    let width = heads * dk;
+    let steps = kv.len();
+    let bad =
+        |what: String| crate::error::T5Error::InvalidInput(format!("cached_attention: {what}"));
+    if steps != origin.len() + 1 || bias.len() != heads * steps {
+        return Err(bad(format!(
+            "{steps} cached steps, {} origins, bias of {} for {heads} heads",
+            origin.len(),
+            bias.len()
+        )));
+    }
+    let q_guard = q.storage_and_layout();
+    let candle_core::Storage::Cpu(q_cpu) = &*q_guard.0 else {
+        return Err(bad("the query is not on the CPU".into()));
+    };
+    let q = contiguous_f32(q_cpu, q_guard.1, "cached_attention")?;
+    let rows = q.len() / width.max(1);
+    let guards: Vec<_> = kv
+        .iter()
+        .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()))
+        .collect();
+    let mut keys = Vec::with_capacity(steps);
+    let mut values = Vec::with_capacity(steps);
+    for ((k_storage, k_layout), (v_storage, v_layout)) in &guards {
+        let (candle_core::Storage::Cpu(k), candle_core::Storage::Cpu(v)) =
+            (&**k_storage, &**v_storage)
+        else {
+            return Err(bad("the cache is not on the CPU".into()));
+        };
+        let (k, v) = (
+            contiguous_f32(k, k_layout, "cached_attention")?,
+            contiguous_f32(v, v_layout, "cached_attention")?,
+        );
+        if k.len() != v.len() || k.len() % width != 0 {
+            return Err(bad(format!(
+                "keys of {} and values of {}",
+                k.len(),
+                v.len()
+            )));
+        }
+        keys.push(k);
+        values.push(v);
+    }
+    let source = |s: usize| -> &[u32] {
+        if s + 1 == steps {
+            current
+        } else {
+            &origin[s]
+        }
+    };
+    for s in 0..steps {
+        let src = source(s);
+        let available = keys[s].len() / width;
+        if src.len() != rows || src.iter().any(|&i| i as usize >= available) {
+            return Err(bad(format!(
+                "step {s}: {} source rows for {rows} queries, {available} cached",
+                src.len()
+            )));
+        }
+    }
+    let mut out = vec![0f32; rows * width];
+    out.par_chunks_mut(width)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(r, ctx)| {
+            let mut scores = vec![0f32; steps];
+            for h in 0..heads {
+                let query = &q[r * width + h * dk..r * width + (h + 1) * dk];
+                let mut max = f32::NEG_INFINITY;
+                for (s, score) in scores.iter_mut().enumerate() {
+                    let at = source(s)[r] as usize * width + h * dk;
+                    let key = &keys[s][at..at + dk];
+                    *score = query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>()
+                        + bias[h * steps + s];
+                    max = max.max(*score);
+                }
+                let mut sum = 0f32;
+                for score in scores.iter_mut() {
+                    *score = exp_non_positive(*score - max);
+                    sum += *score;
+                }
+                let inv = 1.0 / sum;
+                let ctx = &mut ctx[h * dk..(h + 1) * dk];
+                for (s, &w) in scores.iter().enumerate() {
+                    let at = source(s)[r] as usize * width + h * dk;
+                    let w = w * inv;
+                    for (c, x) in ctx.iter_mut().zip(&values[s][at..at + dk]) {
+                        *c += w * x;
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,7 +902,11 @@ mod tests {
         // Relative to the largest gradient: the zero row's is w·g/√eps, in the thousands.
         for var in [&x, &w] {
             let (fused_g, composed_g) = weighted_sum_gradients(&fused, &composed, &weights, var)?;
-            let scale = composed_g.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let scale = composed_g
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
             let diff = max_diff(&fused_g, &composed_g);
             assert!(diff < 1e-5 * scale.max(1.0), "{diff} at scale {scale}");
         }

@@ -185,3 +185,59 @@ fn a_first_step_per_input_matches_one_per_beam() -> anyhow::Result<()> {
         .is_err());
     Ok(())
 }
+
+#[test]
+fn the_per_step_cache_matches_the_dense_cache() -> anyhow::Result<()> {
+    // CPU f32 keeps the cache per step (reordering permutes indices); other dtypes and
+    // devices concatenate and copy it. The same weights in f16 take the dense path
+    // (hence the tolerance: f16 rounding reaches ~1e-2 here).
+    let cfg = small_config("relu", true);
+    let (varmap, model) = common::build_seeded(&cfg, 21)?;
+    let wide_map = candle_nn::VarMap::new();
+    let wide = peapod_t5_rec::T5ForRec::new(
+        &cfg,
+        candle_nn::VarBuilder::from_varmap(&wide_map, DType::F16, &Device::Cpu),
+    )?;
+    {
+        let narrow = varmap.data().lock().expect("varmap");
+        let wide_vars = wide_map.data().lock().expect("varmap");
+        assert_eq!(narrow.len(), wide_vars.len());
+        for (name, var) in narrow.iter() {
+            wide_vars[name].set(&var.as_tensor().to_dtype(DType::F16)?)?;
+        }
+    }
+    let (b, t, beams) = (2, 5, 3);
+    let input = tensor2(&ids(b, t, 2, 40, 30))?;
+    let mask = tensor2(&[vec![1, 1, 1, 1, 1], vec![1, 1, 0, 0, 0]])?;
+    let mut states = Vec::new();
+    for m in [&model, &wide] {
+        let enc = m.encode(&m.embed_tokens(&input)?, &mask, false)?;
+        states.push(m.start_decoding(&enc, &mask, beams)?);
+    }
+    let n = b * beams;
+    // A per-input first step, then reorders that duplicate and drop beams.
+    let mut last = Tensor::new(&[0u32, 0], &Device::Cpu)?;
+    for step in 0..4 {
+        let mut outs = Vec::new();
+        for (m, state) in [&model, &wide].into_iter().zip(states.iter_mut()) {
+            outs.push(m.decode_step(state, &last)?.to_dtype(DType::F32)?);
+        }
+        let diff = max_abs_diff(&outs[0], &outs[1])?;
+        assert!(diff < 3e-2, "step {step}: {diff}");
+        let src = [
+            [0, 0, 1, 5, 3, 3],
+            [2, 1, 1, 4, 5, 3],
+            [1, 2, 0, 3, 3, 4],
+            [0, 1, 2, 3, 4, 5],
+        ][step];
+        for state in states.iter_mut() {
+            state.reorder(&src)?;
+        }
+        last = Tensor::from_vec(
+            ids(1, n, 2, 40, 31 + step as u64)[0].clone(),
+            n,
+            &Device::Cpu,
+        )?;
+    }
+    Ok(())
+}
