@@ -137,6 +137,19 @@ pub fn exp_non_positive(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// `width` values uniform in ±spread/2 from a linear congruential generator.
+    fn pseudo_random_row(seed: u64, width: usize, spread: f32) -> Vec<f32> {
+        let mut state = seed;
+        (0..width)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
+            })
+            .collect()
+    }
+
     #[test]
     fn rows_normalise_and_match_the_definition() {
         let mut v = vec![1.0f32, 2.0, 3.0, 0.0, 0.0, f32::NEG_INFINITY];
@@ -185,16 +198,8 @@ mod tests {
     #[test]
     fn the_dispatched_build_matches_the_portable_one_bit_for_bit() {
         // Whichever instruction set runs, the same operations happen in the same order.
-        let mut state = 0x1234_5678u64;
-        for width in [1usize, 7, 8, 511, 512, 513, 4_099] {
-            let row: Vec<f32> = (0..width)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0
-                })
-                .collect();
+        for (seed, width) in [1usize, 7, 8, 511, 512, 513, 4_099].into_iter().enumerate() {
+            let row = pseudo_random_row(seed as u64, width, 40.0);
             assert_eq!(
                 log_sum_exp(&row).to_bits(),
                 log_sum_exp_portable(&row).to_bits(),
@@ -228,15 +233,7 @@ mod tests {
     fn wide_rows_match_an_f64_reference() {
         // A vocabulary-sized row with a spread like real logits, odd width for the tails.
         let width = 32_129;
-        let mut state = 0x9e37_79b9u64;
-        let mut row: Vec<f32> = (0..width)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 30.0
-            })
-            .collect();
+        let mut row = pseudo_random_row(0x9e37_79b9, width, 30.0);
         row[17] = f32::NEG_INFINITY;
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let lse = max

@@ -272,7 +272,10 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if !fusable {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?))
+    Ok(Some(x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        RowsTimesWeight { transposed: true },
+    )?))
 }
 
 /// out (m×n, row-major) = a · b, where a is m×k and b is k×n, each given by its slice and its
@@ -312,11 +315,19 @@ unsafe fn gemm_into(
     )
 }
 
-struct Linear;
+/// Rows of `x` (…×k) times a weight matrix `w`, read as wᵀ when `transposed` (w: n×k, the
+/// forward of a linear layer) or as is (w: k×n, the input gradient dy · w): …×n. One gemm call.
+struct RowsTimesWeight {
+    transposed: bool,
+}
 
-impl CustomOp2 for Linear {
+impl CustomOp2 for RowsTimesWeight {
     fn name(&self) -> &'static str {
-        "t5-rec-linear"
+        if self.transposed {
+            "t5-rec-linear"
+        } else {
+            "t5-rec-linear-grad-input"
+        }
     }
 
     fn cpu_fwd(
@@ -326,25 +337,33 @@ impl CustomOp2 for Linear {
         w_storage: &CpuStorage,
         w_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(x_storage, x_layout, "linear")?;
-        let w = contiguous_f32(w_storage, w_layout, "linear")?;
-        let (d_out, d_in) = w_layout.shape().dims2()?;
-        if row_len(x_layout) != d_in || w.len() != d_out * d_in {
+        let x = contiguous_f32(x_storage, x_layout, self.name())?;
+        let w = contiguous_f32(w_storage, w_layout, self.name())?;
+        let (w_rows, w_cols) = w_layout.shape().dims2()?;
+        let (k, n) = if self.transposed {
+            (w_cols, w_rows)
+        } else {
+            (w_rows, w_cols)
+        };
+        if row_len(x_layout) != k || w.len() != n * k {
             bail!(
-                "linear: input {:?}, weight {:?}",
+                "{}: input {:?}, weight {:?}",
+                self.name(),
                 x_layout.dims(),
                 w_layout.dims()
             )
         }
-        let rows = x.len() / d_in;
-        let mut out = vec![0f32; rows * d_out];
-        // SAFETY: x is rows×d_in and w is d_out×d_in (read as its transpose), both checked.
+        let rows = x.len() / k;
+        let mut out = vec![0f32; rows * n];
+        // w's strides as the k×n right-hand side: transposed, its rows are w's columns.
+        let w_strides = if self.transposed { (1, k) } else { (n, 1) };
+        // SAFETY: x is rows×k and w holds n·k values addressed by those strides, both checked.
         unsafe {
-            gemm_into(&mut out, (rows, d_out, d_in), x, (d_in, 1), w, (1, d_in));
+            gemm_into(&mut out, (rows, n, k), x, (k, 1), w, w_strides);
         }
         let mut dims = x_layout.dims().to_vec();
         if let Some(last) = dims.last_mut() {
-            *last = d_out;
+            *last = n;
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&dims)))
     }
@@ -357,48 +376,19 @@ impl CustomOp2 for Linear {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad_res.contiguous()?;
-        let dx = g.apply_op2_no_bwd(w, &LinearGradInput)?;
-        let dw = g.apply_op2_no_bwd(x, &LinearGradWeight)?;
+        let dx = g.apply_op2_no_bwd(
+            w,
+            &RowsTimesWeight {
+                transposed: !self.transposed,
+            },
+        )?;
+        // y = x·wᵀ: dw = dyᵀ·x; y = x·w: dw = xᵀ·dy.
+        let dw = if self.transposed {
+            g.apply_op2_no_bwd(x, &LinearGradWeight)?
+        } else {
+            x.contiguous()?.apply_op2_no_bwd(&g, &LinearGradWeight)?
+        };
         Ok((Some(dx), Some(dw)))
-    }
-}
-
-/// (dy: …×d_out, w: d_out×d_in) ↦ dx = dy · w, shaped like the input.
-struct LinearGradInput;
-
-impl CustomOp2 for LinearGradInput {
-    fn name(&self) -> &'static str {
-        "t5-rec-linear-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        g_storage: &CpuStorage,
-        g_layout: &Layout,
-        w_storage: &CpuStorage,
-        w_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32(g_storage, g_layout, "linear backward")?;
-        let w = contiguous_f32(w_storage, w_layout, "linear backward")?;
-        let (d_out, d_in) = w_layout.shape().dims2()?;
-        if row_len(g_layout) != d_out || w.len() != d_out * d_in {
-            bail!(
-                "linear backward: gradient {:?}, weight {:?}",
-                g_layout.dims(),
-                w_layout.dims()
-            )
-        }
-        let rows = g.len() / d_out;
-        let mut out = vec![0f32; rows * d_in];
-        // SAFETY: g is rows×d_out and w is d_out×d_in, both checked.
-        unsafe {
-            gemm_into(&mut out, (rows, d_in, d_out), g, (d_out, 1), w, (d_in, 1));
-        }
-        let mut dims = g_layout.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = d_in;
-        }
-        Ok((CpuStorage::F32(out), Shape::from_dims(&dims)))
     }
 }
 
@@ -777,9 +767,9 @@ pub(crate) fn cached_attention(
             &origin[s]
         }
     };
-    for s in 0..steps {
+    for (s, step_keys) in keys.iter().enumerate() {
         let src = source(s);
-        let available = keys[s].len() / width;
+        let available = step_keys.len() / width;
         if src.len() != rows || src.iter().any(|&i| i as usize >= available) {
             return Err(bad(format!(
                 "step {s}: {} source rows for {rows} queries, {available} cached",
@@ -987,9 +977,10 @@ mod tests {
             "gradients differ by {}",
             max_diff(&a, &b)
         );
-        // Each row's gradient is w · (softmax − one-hot): it sums to zero.
+        // Each row's gradient is w · (softmax − one-hot): it sums to zero, up to the rounding
+        // of 3,001 f32 terms scaled by |w| ≤ 3 (random logits: 1e-5 was occasionally exceeded).
         let row_sums = a.sum(D::Minus1)?;
-        assert!(max_diff(&row_sums, &row_sums.zeros_like()?) < 1e-5);
+        assert!(max_diff(&row_sums, &row_sums.zeros_like()?) < 1e-4);
 
         let outside = Tensor::new(&[0u32, 1, 2, 3, 3001], &dev)?;
         assert!(nll_rows(x.as_tensor(), &outside).is_err());
