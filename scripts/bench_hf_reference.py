@@ -14,7 +14,7 @@ the same fields:
   benchmark. (Adding `min_new_tokens` makes `generate` itself ~1.6× slower: not used.)
 
 The figures in `shared/bench/REFERENCE_CPU.md` came from transformers 4.57; transformers 5.x
-decodes markedly slower on CPU, so pin the version you compare against:
+decoded ~1.2× slower on this CPU in a like-for-like run, so pin the version you compare against:
 
     pip install torch "transformers==4.57.1"
     python scripts/bench_hf_reference.py --config tiny --what train decode
