@@ -278,19 +278,20 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     )?))
 }
 
-/// out (m×n, row-major) = a · b, where a is m×k and b is k×n, each given by its slice and its
-/// (row, column) strides in elements.
+/// out (m×n, row-major) = scale · a · b, where a is m×k and b is k×n, each given by its slice
+/// and its (row, column) strides in elements. One gemm call over all threads, written straight
+/// into `out` (nothing allocated or zeroed).
 ///
 /// # Safety
 /// The slices must hold every element the strides address, and `out` must have m·n entries.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(
+pub(crate) unsafe fn gemm_into(
     out: &mut [f32],
     (m, n, k): (usize, usize, usize),
     a: &[f32],
     (a_rs, a_cs): (usize, usize),
     b: &[f32],
     (b_rs, b_cs): (usize, usize),
+    scale: f32,
 ) {
     gemm::gemm(
         m,
@@ -307,7 +308,7 @@ unsafe fn gemm_into(
         b_cs as isize,
         b_rs as isize,
         0.0,
-        1.0,
+        scale,
         false,
         false,
         false,
@@ -359,7 +360,7 @@ impl CustomOp2 for RowsTimesWeight {
         let w_strides = if self.transposed { (1, k) } else { (n, 1) };
         // SAFETY: x is rows×k and w holds n·k values addressed by those strides, both checked.
         unsafe {
-            gemm_into(&mut out, (rows, n, k), x, (k, 1), w, w_strides);
+            gemm_into(&mut out, (rows, n, k), x, (k, 1), w, w_strides, 1.0);
         }
         let mut dims = x_layout.dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -421,7 +422,15 @@ impl CustomOp2 for LinearGradWeight {
         let mut out = vec![0f32; d_out * d_in];
         // SAFETY: dyᵀ reads g (rows×d_out) with swapped strides; x is rows×d_in; both checked.
         unsafe {
-            gemm_into(&mut out, (d_out, d_in, rows), g, (1, d_out), x, (d_in, 1));
+            gemm_into(
+                &mut out,
+                (d_out, d_in, rows),
+                g,
+                (1, d_out),
+                x,
+                (d_in, 1),
+                1.0,
+            );
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&[d_out, d_in])))
     }
@@ -616,92 +625,6 @@ impl CustomOp2 for RmsNormGradWeight {
     }
 }
 
-/// Attention for incremental decoding on the CPU: `q` (G, Q, d), `k` and `v` (G, T, d), `bias`
-/// (G, T) added to every query's scores; returns softmax(q·kᵀ + bias)·v as (G, Q, d). `None`
-/// when the tensors are not f32 on the CPU (the caller keeps candle's batched matmul).
-///
-/// Why: one decoding step attends with a single query per beam, and candle's CPU matmul runs
-/// one parallel gemm call per batch entry — 20 beams × 32 inputs × 8 heads = 5,120 calls of a
-/// 1 × 64 by 64 × t product per layer and step, dominated by call and thread hand-off costs.
-/// Here each (group, query) row is a few hundred flops in a plain loop, groups in parallel.
-/// (Cross-attention, 20 queries per group, stays with the batched gemm: measured faster there.)
-pub(crate) fn small_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: &Tensor,
-) -> Result<Option<Tensor>> {
-    let all_cpu_f32 = [q, k, v, bias]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if !all_cpu_f32 {
-        return Ok(None);
-    }
-    let (g, nq, d) = q.dims3()?;
-    let (gk, t, dk) = k.dims3()?;
-    if gk != g || dk != d || v.dims() != [g, t, d] || bias.dims() != [g, t] {
-        return Err(crate::error::T5Error::InvalidInput(format!(
-            "small_attention: q {:?}, k {:?}, v {:?}, bias {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims(),
-            bias.dims()
-        )));
-    }
-    let (q, k, v, bias) = (
-        q.contiguous()?,
-        k.contiguous()?,
-        v.contiguous()?,
-        bias.contiguous()?,
-    );
-    // Borrow the storages instead of copying them out: the self-attention cache is read whole
-    // at every step.
-    let guards = [&q, &k, &v, &bias].map(|t| t.storage_and_layout());
-    let mut slices = Vec::with_capacity(4);
-    for (storage, layout) in &guards {
-        let candle_core::Storage::Cpu(cpu) = &**storage else {
-            return Ok(None);
-        };
-        slices.push(contiguous_f32(cpu, layout, "small_attention")?);
-    }
-    let (q, k, v, bias) = (slices[0], slices[1], slices[2], slices[3]);
-    let mut out = vec![0f32; g * nq * d];
-    out.par_chunks_mut(nq * d)
-        .enumerate()
-        .with_min_len(16)
-        .for_each(|(group, out)| {
-            let keys = &k[group * t * d..(group + 1) * t * d];
-            let values = &v[group * t * d..(group + 1) * t * d];
-            let bias = &bias[group * t..(group + 1) * t];
-            let mut scores = vec![0f32; t];
-            for (qi, ctx) in out.chunks_exact_mut(d).enumerate() {
-                let query = &q[(group * nq + qi) * d..(group * nq + qi + 1) * d];
-                let mut max = f32::NEG_INFINITY;
-                for ((s, key), b) in scores.iter_mut().zip(keys.chunks_exact(d)).zip(bias) {
-                    *s = query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() + b;
-                    max = max.max(*s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = exp_non_positive(*s - max);
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                for (w, value) in scores.iter().zip(values.chunks_exact(d)) {
-                    let w = w * inv;
-                    for (c, x) in ctx.iter_mut().zip(value) {
-                        *c += w * x;
-                    }
-                }
-            }
-        });
-    Ok(Some(Tensor::from_vec(
-        out,
-        (g, nq, d),
-        &candle_core::Device::Cpu,
-    )?))
-}
-
 /// Single-query self-attention of incremental decoding over a cache kept per step (CPU f32):
 /// row `r`, head `h` attends, at each earlier step `s`, to row `origin[s][r]` of that step's keys
 /// and values `kv[s]` (rows × H·d_kv), and at the current (last) step to row `current[r]`;
@@ -709,6 +632,10 @@ pub(crate) fn small_attention(
 ///
 /// Why: with the cache stored per step, reordering beams is a permutation of `origin` and
 /// appending a step stores one tensor; the dense cache was concatenated and copied every step.
+/// And with a single query per beam, candle's CPU matmul would run one parallel gemm call per
+/// (row, head) — 5,120 calls of a 1 × 64 by 64 × t product per layer and step at 20 beams ×
+/// 32 inputs × 8 heads, dominated by call and thread hand-off costs; here each (row, head) is a
+/// few hundred flops in a plain loop, rows in parallel.
 pub(crate) fn cached_attention(
     q: &Tensor,
     kv: &[(Tensor, Tensor)],
@@ -936,23 +863,58 @@ mod tests {
     }
 
     #[test]
-    fn small_attention_matches_matmul_attention() -> Result<()> {
+    fn cached_attention_matches_matmul_attention_over_gathered_keys() -> Result<()> {
         let dev = Device::Cpu;
-        let (g, nq, t, d) = (6, 3, 5, 4);
-        let q = Tensor::randn(0f32, 1.0, (g, nq, d), &dev)?;
-        let k = Tensor::randn(0f32, 1.0, (g, t, d), &dev)?;
-        let v = Tensor::randn(0f32, 1.0, (g, t, d), &dev)?;
-        let mut b = vec![0f32; g * t];
-        b[3] = -1e9; // a masked key
-        b[7] = 0.5;
-        let bias = Tensor::from_vec(b, (g, t), &dev)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(&bias.unsqueeze(1)?)?;
-        let want = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?;
-        let got = small_attention(&q, &k, &v, &bias)?.expect("cpu f32");
+        // 4 query rows, 3 heads of width 5; two earlier steps with 2 and 4 cached rows that the
+        // queries reach through (repeating) origins, then the current step, row for row.
+        let (n, heads, dk) = (4, 3, 5);
+        let rows_per_step = [2usize, 4, n];
+        let origin: Vec<Vec<u32>> = vec![vec![1, 0, 0, 1], vec![3, 3, 0, 2]];
+        let current: Vec<u32> = (0..n as u32).collect();
+        let kv: Vec<(Tensor, Tensor)> = rows_per_step
+            .iter()
+            .map(|&r| {
+                Ok((
+                    Tensor::randn(0f32, 1.0, (r, heads * dk), &dev)?,
+                    Tensor::randn(0f32, 1.0, (r, heads * dk), &dev)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let q = Tensor::randn(0f32, 1.0, (n, heads * dk), &dev)?;
+        let mut b = vec![0f32; heads * 3];
+        b[1] = -1e9; // head 0 never sees step 1
+        b[5] = 0.5;
+        let got = cached_attention(&q, &kv, &origin, &current, &b, (heads, dk))?;
+        let got = Tensor::from_vec(got, (n, heads * dk), &dev)?;
+
+        // The same through matmuls: gather each row's keys and values step by step.
+        let gather = |which: usize| -> Result<Tensor> {
+            let per_step = (0..3)
+                .map(|s| {
+                    let src = if s < 2 { &origin[s] } else { &current };
+                    let idx = Tensor::new(src.as_slice(), &dev)?;
+                    let t = if which == 0 { &kv[s].0 } else { &kv[s].1 };
+                    Ok(t.index_select(&idx, 0)?.reshape((n, heads, 1, dk))?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&per_step, 2)?)
+        };
+        let (k, v) = (gather(0)?, gather(1)?);
+        let bias = Tensor::from_vec(b.clone(), (1, heads, 1, 3), &dev)?;
+        let scores = q
+            .reshape((n, heads, 1, dk))?
+            .matmul(&k.t()?)?
+            .broadcast_add(&bias)?;
+        let want = candle_nn::ops::softmax(&scores, D::Minus1)?
+            .matmul(&v)?
+            .reshape((n, heads * dk))?;
         assert!(max_diff(&got, &want) < 1e-5);
-        let half = q.to_dtype(DType::F16)?;
-        assert!(small_attention(&half, &k, &v, &bias)?.is_none());
-        assert!(small_attention(&q, &k.narrow(0, 0, 5)?, &v, &bias).is_err());
+
+        let short = vec![origin[0].clone(), vec![0, 1]];
+        assert!(cached_attention(&q, &kv, &short, &current, &b, (heads, dk)).is_err());
+        let outside = vec![vec![2, 0, 0, 1], origin[1].clone()];
+        assert!(cached_attention(&q, &kv, &outside, &current, &b, (heads, dk)).is_err());
+        assert!(cached_attention(&q, &kv, &origin, &current, &b[1..], (heads, dk)).is_err());
         Ok(())
     }
 

@@ -365,26 +365,14 @@ impl T5ForRec {
                     // SAFETY: the slices' lengths were checked against the dimensions and
                     // strides passed, and `out` does not alias the inputs (a unique borrow).
                     unsafe {
-                        gemm::gemm(
-                            rows,
-                            v,
-                            d,
-                            out.as_mut_ptr(),
-                            1,
-                            v as isize,
-                            false,
-                            h.as_ptr(),
-                            1,
-                            d as isize,
-                            w.as_ptr(),
-                            d as isize,
-                            1,
-                            0.0,
+                        crate::fused::gemm_into(
+                            out,
+                            (rows, v, d),
+                            h,
+                            (d, 1),
+                            w,
+                            (1, d),
                             scale.unwrap_or(1.0) as f32,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::Rayon(rayon::current_num_threads()),
                         );
                     }
                     return Ok(());

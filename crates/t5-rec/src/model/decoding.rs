@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor, D};
 
 use super::{at_least_f32, embedding, T5ForRec};
 use crate::error::{Result, T5Error};
-use crate::fused::{cached_attention, small_attention};
+use crate::fused::cached_attention;
 use crate::layers::padding_bias;
 
 /// The decoder's state between [`T5ForRec::decode_step`] calls.
@@ -227,22 +227,11 @@ impl T5ForRec {
                         Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                         None => (k, v),
                     };
-                    let bias = pos
-                        .broadcast_as((n, heads, 1, t + 1))?
-                        .reshape((n * heads, t + 1))?;
-                    let ctx = match small_attention(
-                        &q.reshape((n * heads, 1, dk))?,
-                        &k.reshape((n * heads, t + 1, dk))?,
-                        &v.reshape((n * heads, t + 1, dk))?,
-                        &bias,
-                    )? {
-                        Some(ctx) => ctx,
-                        None => {
-                            let scores = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
-                            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
-                        }
-                    }
-                    .reshape((n, heads * dk))?;
+                    // Other devices and dtypes: one batched product per step.
+                    let scores = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
+                    let ctx = candle_nn::ops::softmax_last_dim(&scores)?
+                        .matmul(&v)?
+                        .reshape((n, heads * dk))?;
                     layers[l] = Some(if per_input {
                         (repeat_rows(&k, state.beams)?, repeat_rows(&v, state.beams)?)
                     } else {
