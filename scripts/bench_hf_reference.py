@@ -18,6 +18,9 @@ decoded ~1.2× slower on this CPU in a like-for-like run, so pin the version you
 
     pip install torch "transformers==4.57.1"
     python scripts/bench_hf_reference.py --config tiny --what train decode
+
+`--device cuda` times the same jobs on a GPU (synchronised before each clock read), for
+comparison with `bench_t5 --device cuda` / `bench_decode --device cuda`.
 """
 
 import argparse
@@ -37,16 +40,24 @@ CONFIGS = {
 }
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def model_for(name, seed=0):
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=32128, feed_forward_proj="relu", dropout_rate=0.1,
                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **CONFIGS[name])
-    return T5ForConditionalGeneration(cfg)
+    return T5ForConditionalGeneration(cfg).to(DEVICE)
 
 
 def random_ids(rows, cols, gen):
     # Ids 2.. so that no input holds pad or EOS.
-    return torch.randint(2, 32128, (rows, cols), generator=gen)
+    return torch.randint(2, 32128, (rows, cols), generator=gen).to(DEVICE)
 
 
 def bench_train(name, input_len, target_len, steps, warmup):
@@ -57,14 +68,17 @@ def bench_train(name, input_len, target_len, steps, warmup):
     for i in range(warmup + steps):
         x = random_ids(64, input_len, gen)
         y = random_ids(64, target_len, gen)
+        sync()
         t = time.perf_counter()
         loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=y).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    return {"side": "pytorch", "transformers": transformers.__version__, "what": "train",
+    return {"side": "pytorch", "transformers": transformers.__version__,
+            "device": str(DEVICE), "what": "train",
             "config": name, "batch": 64,
             "input_len": input_len, "target_len": target_len,
             "median_s_per_step": round(statistics.median(times), 4),
@@ -78,12 +92,15 @@ def bench_decode(name, repeats, warmup):
     times = []
     for i in range(warmup + repeats):
         x = random_ids(32, 40, gen)
+        sync()
         t = time.perf_counter()
         model.generate(input_ids=x, attention_mask=torch.ones_like(x), num_beams=20,
                        num_return_sequences=20, max_new_tokens=10, do_sample=False)
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    return {"side": "pytorch", "transformers": transformers.__version__, "what": "decode",
+    return {"side": "pytorch", "transformers": transformers.__version__,
+            "device": str(DEVICE), "what": "decode",
             "config": name, "batch": 32, "beams": 20,
             "input_len": 40, "new_tokens": 10,
             "seconds_per_batch": round(statistics.median(times), 4),
@@ -98,8 +115,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     for name in args.config or ["tiny", "t5-small"]:
         if "train" in args.what:
             for case in args.case or ["40x6"]:

@@ -9,6 +9,7 @@ LOG=${OUT:-/tmp}/gpu.log
 TRAIN_MINUTES=${TRAIN_MINUTES:-3}
 EVAL_USERS=${EVAL_USERS:-2000}
 DECODE=${DECODE:-1}   # 0 skips the decoding benchmark
+PYTORCH=${PYTORCH:-1} # 0 skips PyTorch + transformers on the same GPU (scripts/bench_hf_reference.py)
 run() { # run SECONDS BINARY ARGS...
   local limit=$1 bin=$2; shift 2
   echo "=== $bin $* (limit ${limit}s) $(date -u +%T)" | tee -a "$LOG"
@@ -21,6 +22,12 @@ run 90 check_device --device cuda --config t5-small
 run 120 bench_t5 --device cuda --config t5-small --steps 5
 run 60 bench_t5 --device cuda --config tiny --steps 5
 [ "$DECODE" = 1 ] && run 120 bench_decode --device cuda --config all --repeats 3 --compare-cpu
+if [ "$PYTORCH" = 1 ]; then
+  echo "=== pytorch reference (limit 150s) $(date -u +%T)" | tee -a "$LOG"
+  PYTHONUNBUFFERED=1 timeout 150 python3 scripts/bench_hf_reference.py --device cuda --repeats 5 \
+    --config tiny --config t5-small --case 40x6 --case 20x20 --case 420x6 2>&1 | tee -a "$LOG"
+  echo "=== exit ${PIPESTATUS[0]} $(date -u +%T)" | tee -a "$LOG"
+fi
 # The composed system on the GPU: t5-small from random weights (no hub access there), then the
 # test split (EVAL_USERS users) with constrained decoding and exact top-n scoring.
 run $((TRAIN_MINUTES * 60 + 40 + EVAL_USERS / 12)) train_beauty --data-root data --out /tmp/beauty-gpu \
