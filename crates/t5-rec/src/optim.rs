@@ -92,16 +92,21 @@ impl AdamW {
 
     /// The global L2 norm of the gradients of the optimised variables.
     pub fn grad_norm(&self, grads: &GradStore) -> candle_core::Result<f64> {
-        let mut sum = 0f64;
+        // One read of all the per-tensor sums: on a GPU each read is a synchronisation.
+        let mut sums = Vec::with_capacity(self.slots.len());
         for slot in &self.slots {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                sum += g
-                    .to_dtype(DType::F32)?
-                    .sqr()?
-                    .sum_all()?
-                    .to_scalar::<f32>()? as f64;
+                sums.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1)?);
             }
         }
+        if sums.is_empty() {
+            return Ok(0.0);
+        }
+        let sum: f64 = Tensor::cat(&sums, 0)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .sum();
         Ok(sum.sqrt())
     }
 
@@ -368,6 +373,30 @@ mod tests {
             (m[0] - 0.06).abs() < 1e-6 && (m[1] - 0.08).abs() < 1e-6,
             "{m:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn grad_norm_spans_every_variable_with_a_gradient() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_slice(&[1f32, 2.0], 2, &dev)?;
+        let b = Var::from_slice(&[2f32], 1, &dev)?;
+        let unused = Var::from_slice(&[5f32], 1, &dev)?;
+        let opt = AdamW::new(
+            vec![
+                ("a".into(), a.clone()),
+                ("b".into(), b.clone()),
+                ("unused".into(), unused),
+            ],
+            AdamWConfig::default(),
+        )?;
+        // grads (2, 4) and (4): norm 6.
+        let loss = (a.as_tensor().sqr()?.sum_all()? + b.as_tensor().sqr()?.sum_all()?)?;
+        assert!((opt.grad_norm(&loss.backward()?)? - 6.0).abs() < 1e-6);
+        // A loss that touches none of them: no gradients, norm 0.
+        let other = Var::from_slice(&[1f32], 1, &dev)?;
+        let grads = other.as_tensor().sqr()?.sum_all()?.backward()?;
+        assert_eq!(opt.grad_norm(&grads)?, 0.0);
         Ok(())
     }
 
