@@ -40,6 +40,7 @@
 use candle_core::Tensor;
 use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, StepScores};
 use peapod_t5_rec::{DecoderState, T5ForRec};
+use rayon::prelude::*;
 
 use crate::PeapodError;
 
@@ -47,6 +48,9 @@ use crate::PeapodError;
 /// keep-mask `encoder_mask` (B×T): per input, up to `cfg.num_return_sequences` hypotheses, best
 /// first (see [`peapod_beam::beam_search`] for the exact semantics and [`Constraint`] for
 /// restricting outputs to item ids or candidate lists).
+///
+/// On the CPU the inputs are split into one part per rayon thread, each searched on its own
+/// thread (see [`generate_in_parts`]); elsewhere they are searched together.
 pub fn generate(
     model: &T5ForRec,
     encoder_out: &Tensor,
@@ -54,10 +58,85 @@ pub fn generate(
     cfg: &BeamConfig,
     constraint: &Constraint,
 ) -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
+    let parts = if model.device().is_cpu() {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    generate_in_parts(model, encoder_out, encoder_mask, cfg, constraint, parts)
+}
+
+/// [`generate`] over `parts` contiguous slices of the inputs (at most one per input), searched
+/// concurrently on the rayon pool and returned in input order. Inputs never interact in a beam
+/// search, so the hypotheses are those of one search over all inputs; scores differ only by
+/// float rounding.
+///
+/// Why split on a CPU: one search alternates multi-threaded matrix products with single-threaded
+/// work (the search's own bookkeeping, small attention products, element-wise steps), during
+/// which the other cores wait. Independent searches keep every core busy, and their matrix
+/// products still share idle cores through rayon (t5-small, batch 32, 20 beams, 2 cores:
+/// 6.1–6.3 s per batch in one search, 5.0–5.2 s in two; `bench_decode`).
+pub fn generate_in_parts(
+    model: &T5ForRec,
+    encoder_out: &Tensor,
+    encoder_mask: &Tensor,
+    cfg: &BeamConfig,
+    constraint: &Constraint,
+    parts: usize,
+) -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
     let batch = encoder_out.dim(0)?;
-    let mut decoder = T5Decoder::new(model);
-    let state = decoder.start(encoder_out, encoder_mask, cfg.num_beams)?;
-    Ok(beam_search(&mut decoder, state, batch, cfg, constraint)?)
+    let search = |start: usize, len: usize| -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
+        let (enc, mask, constraint) = if len == batch {
+            (
+                encoder_out.clone(),
+                encoder_mask.clone(),
+                constraint.clone(),
+            )
+        } else {
+            let constraint = match constraint {
+                Constraint::PerInput(tries) if tries.len() == batch => {
+                    Constraint::PerInput(tries[start..start + len].to_vec())
+                }
+                Constraint::PerInput(tries) => {
+                    return Err(peapod_beam::BeamError::ConstraintCount {
+                        expected: batch,
+                        got: tries.len(),
+                    }
+                    .into())
+                }
+                other => other.clone(),
+            };
+            (
+                encoder_out.narrow(0, start, len)?,
+                encoder_mask.narrow(0, start, len)?,
+                constraint,
+            )
+        };
+        let mut decoder = T5Decoder::new(model);
+        let state = decoder.start(&enc, &mask, cfg.num_beams)?;
+        Ok(beam_search(&mut decoder, state, len, cfg, &constraint)?)
+    };
+    let parts = parts.clamp(1, batch.max(1));
+    if parts == 1 {
+        return search(0, batch);
+    }
+    let slices: Vec<(usize, usize)> = (0..parts)
+        .map(|p| {
+            (
+                p * batch / parts,
+                (p + 1) * batch / parts - p * batch / parts,
+            )
+        })
+        .collect();
+    let found: Vec<Result<Vec<Vec<Hypothesis>>, PeapodError>> = slices
+        .par_iter()
+        .map(|&(start, len)| search(start, len))
+        .collect();
+    let mut all = Vec::with_capacity(batch);
+    for part in found {
+        all.extend(part?);
+    }
+    Ok(all)
 }
 
 /// Upper bound on one decoder call's log-probability matrix: the batch is decoded in groups of
@@ -322,7 +401,7 @@ mod tests {
     use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, PrefixTrie};
     use peapod_t5_rec::{T5Config, T5ForRec};
 
-    use super::{generate, T5Decoder};
+    use super::{generate, generate_in_parts, T5Decoder};
 
     const VOCAB: usize = 64;
 
@@ -531,6 +610,40 @@ mod tests {
                 assert_close(g.score, w.score, "constrained score");
             }
         }
+    }
+
+    /// Splitting the inputs into parts searched concurrently returns what one search does, for
+    /// every split (uneven ones included) and with per-input constraints sliced to each part.
+    #[test]
+    fn searching_in_parts_returns_the_single_search_results() {
+        let model = model(5);
+        let (enc, mask) = encoded(&model, 5);
+        let cfg = BeamConfig::t5(4, 3, 6);
+        let whole = generate_in_parts(&model, &enc, &mask, &cfg, &Constraint::None, 1).unwrap();
+        for parts in [2, 3, 5, 9] {
+            let split =
+                generate_in_parts(&model, &enc, &mask, &cfg, &Constraint::None, parts).unwrap();
+            assert_same(&split, &whole);
+        }
+        let tries: Vec<_> = (0..5u32)
+            .map(|b| {
+                let set = vec![vec![10 + b, 20], vec![30 + b], vec![10 + b, 21, 22]];
+                Arc::new(PrefixTrie::new(set, 1).unwrap())
+            })
+            .collect();
+        let constraint = Constraint::PerInput(tries.clone());
+        let whole = generate_in_parts(&model, &enc, &mask, &cfg, &constraint, 1).unwrap();
+        let split = generate_in_parts(&model, &enc, &mask, &cfg, &constraint, 2).unwrap();
+        assert_same(&split, &whole);
+        // Input b's results come from input b's own trie.
+        for (b, hyps) in split.iter().enumerate() {
+            assert!(hyps
+                .iter()
+                .all(|h| h.tokens[0] == 10 + b as u32 || h.tokens[0] == 30 + b as u32));
+        }
+        let short = Constraint::PerInput(tries[..4].to_vec());
+        let err = generate_in_parts(&model, &enc, &mask, &cfg, &short, 2).unwrap_err();
+        assert!(err.to_string().contains("expected 5"), "{err}");
     }
 
     #[test]
