@@ -137,6 +137,26 @@ pub struct BatchTensors {
 }
 
 impl BatchTensors {
+    /// Rows `start .. start + len` of the batch (padding widths unchanged).
+    pub fn rows(&self, start: usize, len: usize) -> Result<Self, PeapodError> {
+        if start + len > self.users.len() {
+            return Err(PeapodError::Config(format!(
+                "rows {start}..{} of a batch of {}",
+                start + len,
+                self.users.len()
+            )));
+        }
+        Ok(Self {
+            task_ids: self.task_ids[start..start + len].to_vec(),
+            users: self.users[start..start + len].to_vec(),
+            input_ids: self.input_ids.narrow(0, start, len)?,
+            attention_mask: self.attention_mask.narrow(0, start, len)?,
+            whole_word_ids: self.whole_word_ids.narrow(0, start, len)?,
+            target_ids: self.target_ids.narrow(0, start, len)?,
+            target_mask: self.target_mask.narrow(0, start, len)?,
+        })
+    }
+
     pub fn from_batch(batch: &Batch, device: &Device) -> Result<Self, PeapodError> {
         let to = |a: &ndarray::Array2<u32>| -> Result<Tensor, PeapodError> {
             let a = a.as_standard_layout();

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use indicatif::ProgressBar;
 use peapod_datasets::{
@@ -46,6 +47,17 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Batch size for validation-loss passes.
     pub eval_batch_size: usize,
+    /// On the CPU, each batch is backpropagated as this many slices of rows run concurrently
+    /// ([`peapod_t5_rec::T5ForRec::backward_in_parts`]: the cores no longer wait on each
+    /// other's single-threaded stretches; 1 = one pass; ignored on other devices). Dropout
+    /// masks depend on it, so it is part of what reproduces a run; it is fixed rather than
+    /// the core count so that machines with different core counts train alike.
+    #[serde(default = "default_batch_slices")]
+    pub batch_slices: usize,
+}
+
+fn default_batch_slices() -> usize {
+    2
 }
 
 impl Default for TrainConfig {
@@ -62,6 +74,7 @@ impl Default for TrainConfig {
             max_seconds: None,
             checkpoint_every: 500,
             eval_batch_size: 64,
+            batch_slices: default_batch_slices(),
         }
     }
 }
@@ -324,8 +337,7 @@ pub fn train(
             model
                 .t5()
                 .set_dropout_seed(dropout_seed(cfg.seed, state.global_step))?;
-            let loss = model.loss(&tensors, true)?;
-            let value = loss.to_scalar::<f32>()? as f64;
+            let (grads, value) = batch_gradients(model, &tensors, cfg.batch_slices)?;
             if !value.is_finite() {
                 return Err(PeapodError::NonFinite {
                     what: "the loss",
@@ -335,7 +347,6 @@ pub fn train(
                     task: task.name(),
                 });
             }
-            let grads = loss.backward()?;
             let norm = optimizer.step(&grads)?;
             if !norm.is_finite() {
                 return Err(PeapodError::NonFinite {
@@ -475,6 +486,41 @@ fn check_compatible(
     Ok(())
 }
 
+/// The training loss of `batch` and its gradients, on the CPU from `slices` concurrent slices
+/// of rows, each loss weighted by its share of the batch's target tokens so that the slices add
+/// up to the batch's token-level NLL.
+fn batch_gradients(
+    model: &PeaPod,
+    batch: &BatchTensors,
+    slices: usize,
+) -> Result<(GradStore, f64), PeapodError> {
+    let rows = batch.users.len();
+    let slices = slices.clamp(1, rows.max(1));
+    if slices == 1 || !model.device().is_cpu() {
+        let loss = model.loss(batch, true)?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
+        return Ok((loss.backward()?, value));
+    }
+    let tokens: Vec<f64> = batch
+        .target_mask
+        .to_dtype(DType::F32)?
+        .sum(1)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let total: f64 = tokens.iter().sum();
+    let bounds: Vec<(usize, usize)> = (0..slices)
+        .map(|s| (s * rows / slices, (s + 1) * rows / slices))
+        .collect();
+    model.t5().backward_in_parts(slices, |s| {
+        let (from, to) = bounds[s];
+        let share = tokens[from..to].iter().sum::<f64>() / total;
+        let loss = model.loss(&batch.rows(from, to - from)?, true)?;
+        Ok((loss * share)?)
+    })
+}
+
 fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
     let bar = crate::progress::bar(
         len,
@@ -483,4 +529,71 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBa
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use peapod_t5_rec::T5Config;
+
+    use super::batch_gradients;
+    use crate::model::{BatchTensors, ModelConfig, PeaPod, Variant};
+    use crate::PeapodError;
+
+    /// Slices of a batch, weighted by their target tokens, give the batch's loss and gradients
+    /// (without dropout, the only thing slicing changes).
+    #[test]
+    fn sliced_batches_have_the_batch_loss_and_gradients() -> Result<(), PeapodError> {
+        let dev = Device::Cpu;
+        let mut t5 = T5Config::tiny();
+        (t5.vocab_size, t5.d_model, t5.d_kv, t5.d_ff, t5.num_heads) = (64, 16, 4, 32, 4);
+        (
+            t5.num_layers,
+            t5.num_decoder_layers,
+            t5.num_whole_word_embeddings,
+        ) = (1, 1, 8);
+        t5.dropout_rate = 0.0;
+        let queries = Tensor::randn(0f32, 1.0, (10, 6), &dev)?;
+        let model = PeaPod::new(
+            ModelConfig::new(Variant::Peapod, t5, 6, 3),
+            Some(&queries),
+            &dev,
+        )?;
+        let ids: Vec<u32> = (0..3 * 5).map(|i| 2 + (i * 7 % 50)).collect();
+        // 3, 1 and 2 target tokens: slices carry unequal shares of the loss.
+        let tmask = vec![1u32, 1, 1, 1, 0, 0, 1, 1, 0];
+        let batch = BatchTensors {
+            task_ids: vec![0, 1, 2],
+            users: vec![1, 4, 9],
+            input_ids: Tensor::from_vec(ids, (3, 5), &dev)?,
+            attention_mask: Tensor::ones((3, 5), DType::U32, &dev)?,
+            whole_word_ids: Tensor::zeros((3, 5), DType::U32, &dev)?,
+            target_ids: Tensor::from_vec(vec![7u32, 8, 1, 9, 1, 0, 5, 1, 0], (3, 3), &dev)?,
+            target_mask: Tensor::from_vec(tmask, (3, 3), &dev)?,
+        };
+        let (whole, loss) = batch_gradients(&model, &batch, 1)?;
+        for slices in [2, 3] {
+            let (split, split_loss) = batch_gradients(&model, &batch, slices)?;
+            assert!(
+                (loss - split_loss).abs() < 1e-5,
+                "{slices}: {loss} vs {split_loss}"
+            );
+            for (name, var) in model.named_vars() {
+                let (Some(w), Some(g)) = (whole.get(var.as_tensor()), split.get(var.as_tensor()))
+                else {
+                    assert!(whole.get(var.as_tensor()).is_none(), "{name}");
+                    continue;
+                };
+                let diff = (w - g)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let scale = w
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?
+                    .max(1e-3);
+                assert!(diff <= 1e-4 * scale, "{slices} slices, {name}: {diff}");
+            }
+        }
+        Ok(())
+    }
 }

@@ -81,6 +81,26 @@ pub(crate) struct SeededDropout {
     counter: AtomicU64,
 }
 
+thread_local! {
+    /// This thread's dropout counters while inside [`with_dropout_stream`].
+    static STREAM: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the CPU dropout masks of this thread drawn from a stream of its own, starting
+/// at `key`, instead of the model's shared counter: concurrent computations (the parts of a
+/// split batch) then get masks that do not depend on how their calls interleave. Nested calls
+/// restore the outer stream on return.
+pub(crate) fn with_dropout_stream<R>(key: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STREAM.with(|stream| stream.set(self.0));
+        }
+    }
+    let _restore = Restore(STREAM.with(|stream| stream.replace(Some(key))));
+    f()
+}
+
 pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -98,6 +118,24 @@ impl SeededDropout {
 
     pub(crate) fn reseed(&self, seed: u64) {
         self.counter.store(splitmix64(seed), Ordering::Relaxed);
+    }
+
+    /// A key for [`with_dropout_stream`], drawn from this generator's own stream so that a run
+    /// stays reproducible from [`SeededDropout::reseed`].
+    pub(crate) fn next_stream_key(&self) -> u64 {
+        splitmix64(self.counter.fetch_add(1 << 32, Ordering::Relaxed))
+    }
+
+    /// The first counter of the next `n` mask values: the current thread's stream inside
+    /// [`with_dropout_stream`], the shared one otherwise.
+    fn take_counters(&self, n: u64) -> u64 {
+        STREAM.with(|stream| match stream.get() {
+            Some(base) => {
+                stream.set(Some(base.wrapping_add(n)));
+                base
+            }
+            None => self.counter.fetch_add(n, Ordering::Relaxed),
+        })
     }
 
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -121,7 +159,7 @@ impl SeededDropout {
             return Ok(x.mul(&mask)?);
         }
         let n = x.elem_count();
-        let base = self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        let base = self.take_counters(n as u64);
         // Compare 24-bit uniforms against an integer threshold: exact and fast.
         let threshold = (self.p * (1u64 << 24) as f64) as u64;
         let mut mask = vec![0f32; n];

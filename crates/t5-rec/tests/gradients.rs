@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{build, ids, small_config, tensor2};
+use common::{build, build_seeded, ids, small_config, tensor2};
 use peapod_t5_rec::T5ForRec;
 
 #[test]
@@ -126,5 +126,88 @@ fn gradients_match_finite_differences() -> anyhow::Result<()> {
             g[i]
         );
     }
+    Ok(())
+}
+
+/// A batch backpropagated in concurrent pieces, each loss weighted by its share of the target
+/// tokens, has the batch's loss and gradients; with dropout on, a split step repeats exactly
+/// under the same seed.
+#[test]
+fn gradients_in_parts_sum_to_the_batch_gradients() -> anyhow::Result<()> {
+    let cfg = small_config("relu", true);
+    let (varmap, model) = build_seeded(&cfg, 11)?;
+    let (b, t) = (4, 6);
+    let input = tensor2(&ids(b, t, 2, 40, 7))?;
+    let whole = tensor2(&ids(b, t, 1, 8, 8))?;
+    let mask = Tensor::ones((b, t), DType::U32, &Device::Cpu)?;
+    let targets = tensor2(&ids(b, 4, 2, 40, 9))?;
+    let counts = [4usize, 2, 3, 1];
+    let tmask = tensor2(
+        &counts
+            .iter()
+            .map(|&c| (0..4).map(|i| u32::from(i < c)).collect())
+            .collect::<Vec<_>>(),
+    )?;
+    let total: usize = counts.iter().sum();
+    // Rows start..end, weighted by their share of the batch's target tokens.
+    let loss_of = |start: usize, end: usize, train: bool| -> peapod_t5_rec::Result<Tensor> {
+        let n = end - start;
+        let embeds = model.embed_input(&input.narrow(0, start, n)?, &whole.narrow(0, start, n)?)?;
+        let loss = model.forward_loss(
+            &embeds,
+            &mask.narrow(0, start, n)?,
+            &targets.narrow(0, start, n)?,
+            &tmask.narrow(0, start, n)?,
+            train,
+        )?;
+        let share = counts[start..end].iter().sum::<usize>() as f64 / total as f64;
+        Ok((loss * share)?)
+    };
+    let bounds = [(0, 1), (1, 4)];
+    let (batch_grads, batch_loss) = model.backward_in_parts(1, |_| loss_of(0, 4, false))?;
+    let (split_grads, split_loss) =
+        model.backward_in_parts(2, |p| loss_of(bounds[p].0, bounds[p].1, false))?;
+    assert!(
+        (batch_loss - split_loss).abs() < 1e-5,
+        "{batch_loss} vs {split_loss}"
+    );
+    let vars = varmap.data().lock().map_err(|_| anyhow::anyhow!("lock"))?;
+    for (name, var) in vars.iter() {
+        let want = batch_grads.get(var.as_tensor());
+        let got = split_grads.get(var.as_tensor());
+        match (want, got) {
+            (Some(w), Some(g)) => {
+                let scale = w
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?
+                    .max(1e-3);
+                let diff = common::max_abs_diff(w, g)?;
+                assert!(diff <= 1e-4 * scale, "{name}: {diff} (scale {scale})");
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("{name}: gradient in only one of the two runs"),
+        }
+    }
+
+    let with_dropout = |seed: u64| -> anyhow::Result<(Vec<f32>, f64)> {
+        model.set_dropout_seed(seed)?;
+        let (grads, loss) =
+            model.backward_in_parts(2, |p| loss_of(bounds[p].0, bounds[p].1, true))?;
+        let var = &vars["decoder.block.0.layer.2.DenseReluDense.wi.weight"];
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+        Ok((g.flatten_all()?.to_vec1::<f32>()?, loss))
+    };
+    let first = with_dropout(5)?;
+    assert_eq!(first, with_dropout(5)?, "same seed, same split step");
+    assert_ne!(
+        first.1,
+        with_dropout(6)?.1,
+        "dropout is on: another seed, other masks"
+    );
+    assert_ne!(first.1, split_loss, "dropout changes the loss");
     Ok(())
 }
