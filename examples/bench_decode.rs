@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
-use peapod::decode::{generate, T5Decoder};
+use peapod::decode::{generate, generate_in_parts, T5Decoder};
 use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis};
 use peapod_t5_rec::{T5Config, T5ForRec};
 
@@ -52,6 +52,9 @@ struct Args {
     /// Size bound of one decoder group's log-probabilities (default: the library's, 128 MiB).
     #[arg(long)]
     group_mib: Option<usize>,
+    /// Concurrent searches on the CPU (default: `peapod::decode::CPU_PARTS`).
+    #[arg(long)]
+    parts: Option<usize>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -93,9 +96,12 @@ fn main() -> Result<()> {
             let run = || -> Result<(f64, Vec<Vec<Hypothesis>>)> {
                 let start = Instant::now();
                 let enc = model.encode(&model.embed_input(&ids, &words)?, &mask, false)?;
-                let out = match args.group_mib {
-                    None => generate(&model, &enc, &mask, &beam, &Constraint::None)?,
-                    Some(mib) => {
+                let out = match (args.group_mib, args.parts) {
+                    (None, None) => generate(&model, &enc, &mask, &beam, &Constraint::None)?,
+                    (None, Some(parts)) => {
+                        generate_in_parts(&model, &enc, &mask, &beam, &Constraint::None, parts)?
+                    }
+                    (Some(mib), _) => {
                         let mut dec = T5Decoder::new(&model).with_group_bytes(mib << 20);
                         let state = dec.start(&enc, &mask, beam.num_beams)?;
                         beam_search(&mut dec, state, args.batch, &beam, &Constraint::None)?
@@ -132,6 +138,11 @@ fn main() -> Result<()> {
             "repeats": args.repeats,
             "device": args.device,
             "seconds_per_batch": median,
+            "parts": if device.is_cpu() {
+                args.parts.unwrap_or(peapod::decode::CPU_PARTS.min(rayon::current_num_threads()))
+            } else {
+                1
+            },
             "inputs_per_second": args.batch as f64 / median,
         });
         // The HF figures are for exactly this job at batch 32 and 20 beams.

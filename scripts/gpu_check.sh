@@ -9,6 +9,7 @@ LOG=${OUT:-/tmp}/gpu.log
 TRAIN_MINUTES=${TRAIN_MINUTES:-3}
 EVAL_USERS=${EVAL_USERS:-2000}
 DECODE=${DECODE:-1}   # 0 skips the decoding benchmark
+TRAIN=${TRAIN:-1}     # 0 skips the composed system's training run
 PYTORCH=${PYTORCH:-1} # 0 skips PyTorch + transformers on the same GPU (scripts/bench_hf_reference.py)
 run() { # run SECONDS BINARY ARGS...
   local limit=$1 bin=$2; shift 2
@@ -30,6 +31,6 @@ if [ "$PYTORCH" = 1 ]; then
 fi
 # The composed system on the GPU: t5-small from random weights (no hub access there), then the
 # test split (EVAL_USERS users) with constrained decoding and exact top-n scoring.
-run $((TRAIN_MINUTES * 60 + 40 + EVAL_USERS / 12)) train_beauty --data-root data --out /tmp/beauty-gpu \
+[ "$TRAIN" = 1 ] && run $((TRAIN_MINUTES * 60 + 40 + EVAL_USERS / 12)) train_beauty --data-root data --out /tmp/beauty-gpu \
   --config t5-small --batch-size 64 --lr 1e-3 --seed 2022 --valid-users 1000 \
   --max-minutes "$TRAIN_MINUTES" --eval-users "$EVAL_USERS" --constrained
