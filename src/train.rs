@@ -584,14 +584,14 @@ mod tests {
                     assert!(whole.get(var.as_tensor()).is_none(), "{name}");
                     continue;
                 };
-                let diff = (w - g)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-                let scale = w
-                    .abs()?
-                    .flatten_all()?
-                    .max(0)?
-                    .to_scalar::<f32>()?
-                    .max(1e-3);
-                assert!(diff <= 1e-4 * scale, "{slices} slices, {name}: {diff}");
+                let norm = |t: &Tensor| -> Result<f32, PeapodError> {
+                    Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?)
+                };
+                let (diff, size) = (norm(&(w - g)?)?, norm(w)?.max(1e-3));
+                assert!(
+                    diff <= 1e-4 * size,
+                    "{slices} slices, {name}: {diff} of {size}"
+                );
             }
         }
         Ok(())
