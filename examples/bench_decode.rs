@@ -138,11 +138,7 @@ fn main() -> Result<()> {
             "repeats": args.repeats,
             "device": args.device,
             "seconds_per_batch": median,
-            "parts": if device.is_cpu() {
-                args.parts.unwrap_or(peapod::decode::CPU_PARTS.min(rayon::current_num_threads()))
-            } else {
-                1
-            },
+            "parts": args.parts.unwrap_or_else(|| peapod::decode::default_parts(&device)),
             "inputs_per_second": args.batch as f64 / median,
         });
         // The HF figures are for exactly this job at batch 32 and 20 beams.

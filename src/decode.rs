@@ -37,12 +37,14 @@
 //! # }
 //! ```
 
-use candle_core::Tensor;
+use std::ops::Range;
+
+use candle_core::{Device, Tensor};
 use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, StepScores};
 use peapod_t5_rec::{DecoderState, T5ForRec};
 use rayon::prelude::*;
 
-use crate::PeapodError;
+use crate::{even_slices, PeapodError};
 
 /// Beam search over the encoded inputs `encoder_out` (B×T×d, from [`T5ForRec::encode`]) with
 /// keep-mask `encoder_mask` (B×T): per input, up to `cfg.num_return_sequences` hypotheses, best
@@ -58,11 +60,7 @@ pub fn generate(
     cfg: &BeamConfig,
     constraint: &Constraint,
 ) -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
-    let parts = if model.device().is_cpu() {
-        CPU_PARTS.min(rayon::current_num_threads())
-    } else {
-        1
-    };
+    let parts = default_parts(model.device());
     generate_in_parts(model, encoder_out, encoder_mask, cfg, constraint, parts)
 }
 
@@ -73,6 +71,15 @@ pub fn generate(
 /// 1.56 / 2.63 s per batch, tiny 0.280 / 0.230 / 0.214 / 0.239 s; on 2 cores, 2 parts:
 /// t5-small 5.9–6.4 → 5.3–5.4 s).
 pub const CPU_PARTS: usize = 2;
+
+/// The number of concurrent searches [`generate`] uses on `device`.
+pub fn default_parts(device: &Device) -> usize {
+    if device.is_cpu() {
+        CPU_PARTS.min(rayon::current_num_threads())
+    } else {
+        1
+    }
+}
 
 /// [`generate`] over `parts` contiguous slices of the inputs (at most one per input), searched
 /// concurrently on the rayon pool and returned in input order. Inputs never interact in a beam
@@ -93,53 +100,38 @@ pub fn generate_in_parts(
     parts: usize,
 ) -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
     let batch = encoder_out.dim(0)?;
-    let search = |start: usize, len: usize| -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
-        let (enc, mask, constraint) = if len == batch {
-            (
-                encoder_out.clone(),
-                encoder_mask.clone(),
-                constraint.clone(),
-            )
-        } else {
-            let constraint = match constraint {
-                Constraint::PerInput(tries) if tries.len() == batch => {
-                    Constraint::PerInput(tries[start..start + len].to_vec())
-                }
-                Constraint::PerInput(tries) => {
-                    return Err(peapod_beam::BeamError::ConstraintCount {
-                        expected: batch,
-                        got: tries.len(),
-                    }
-                    .into())
-                }
-                other => other.clone(),
-            };
-            (
-                encoder_out.narrow(0, start, len)?,
-                encoder_mask.narrow(0, start, len)?,
-                constraint,
-            )
+    if let Constraint::PerInput(tries) = constraint {
+        if tries.len() != batch {
+            return Err(peapod_beam::BeamError::ConstraintCount {
+                expected: batch,
+                got: tries.len(),
+            }
+            .into());
+        }
+    }
+    let search = |inputs: Range<usize>| -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
+        let constraint = match constraint {
+            Constraint::PerInput(tries) => Constraint::PerInput(tries[inputs.clone()].to_vec()),
+            other => other.clone(),
         };
+        let enc = encoder_out.narrow(0, inputs.start, inputs.len())?;
+        let mask = encoder_mask.narrow(0, inputs.start, inputs.len())?;
         let mut decoder = T5Decoder::new(model);
         let state = decoder.start(&enc, &mask, cfg.num_beams)?;
-        Ok(beam_search(&mut decoder, state, len, cfg, &constraint)?)
+        Ok(beam_search(
+            &mut decoder,
+            state,
+            inputs.len(),
+            cfg,
+            &constraint,
+        )?)
     };
-    let parts = parts.clamp(1, batch.max(1));
-    if parts == 1 {
-        return search(0, batch);
+    let slices = even_slices(batch, parts.clamp(1, batch.max(1)));
+    if let [all] = slices.as_slice() {
+        return search(all.clone());
     }
-    let slices: Vec<(usize, usize)> = (0..parts)
-        .map(|p| {
-            (
-                p * batch / parts,
-                (p + 1) * batch / parts - p * batch / parts,
-            )
-        })
-        .collect();
-    let found: Vec<Result<Vec<Vec<Hypothesis>>, PeapodError>> = slices
-        .par_iter()
-        .map(|&(start, len)| search(start, len))
-        .collect();
+    let found: Vec<Result<Vec<Vec<Hypothesis>>, PeapodError>> =
+        slices.into_par_iter().map(search).collect();
     let mut all = Vec::with_capacity(batch);
     for part in found {
         all.extend(part?);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::model::{BatchTensors, ModelConfig, PeaPod};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::PeapodError;
+use crate::{even_slices, PeapodError};
 
 /// File names inside a run directory.
 pub const LAST_CHECKPOINT: &str = "last.safetensors";
@@ -494,13 +494,11 @@ fn batch_gradients(
     batch: &BatchTensors,
     slices: usize,
 ) -> Result<(GradStore, f64), PeapodError> {
-    let rows = batch.users.len();
-    let slices = slices.clamp(1, rows.max(1));
-    if slices == 1 || !model.device().is_cpu() {
-        let loss = model.loss(batch, true)?;
-        let value = f64::from(loss.to_scalar::<f32>()?);
-        return Ok((loss.backward()?, value));
-    }
+    let slices = if model.device().is_cpu() {
+        even_slices(batch.users.len(), slices.clamp(1, batch.users.len().max(1)))
+    } else {
+        even_slices(batch.users.len(), 1)
+    };
     let tokens: Vec<f64> = batch
         .target_mask
         .to_dtype(DType::F32)?
@@ -510,13 +508,10 @@ fn batch_gradients(
         .map(f64::from)
         .collect();
     let total: f64 = tokens.iter().sum();
-    let bounds: Vec<(usize, usize)> = (0..slices)
-        .map(|s| (s * rows / slices, (s + 1) * rows / slices))
-        .collect();
-    model.t5().backward_in_parts(slices, |s| {
-        let (from, to) = bounds[s];
-        let share = tokens[from..to].iter().sum::<f64>() / total;
-        let loss = model.loss(&batch.rows(from, to - from)?, true)?;
+    model.t5().backward_in_parts(slices.len(), |s| {
+        let rows = slices[s].clone();
+        let share = tokens[rows.clone()].iter().sum::<f64>() / total;
+        let loss = model.loss(&batch.rows(rows.start, rows.len())?, true)?;
         Ok((loss * share)?)
     })
 }

@@ -188,8 +188,9 @@ impl T5ForRec {
     /// Why: one backward pass on a CPU alternates multi-threaded matrix products with
     /// single-threaded graph bookkeeping, during which the other cores wait; independent pieces
     /// keep them busy (t5-small, batch 64, 40 → 6, 2 cores: 6.6–7.1 s per step in one piece,
-    /// 6.0–6.8 s in two; `bench_t5`). Off the CPU, or with `parts` ≤ 1, it is one plain
-    /// forward and backward pass.
+    /// 6.0–6.8 s in two; `bench_t5`). Off the CPU the pieces run one after another (same
+    /// result, no gain: use one piece there); with `parts` ≤ 1 it is one plain forward and
+    /// backward pass of `loss_of_part(0)`.
     ///
     /// Each piece draws its CPU dropout masks from its own stream, keyed by the model's
     /// dropout generator and the piece's index: a split step is reproducible from
@@ -212,29 +213,31 @@ impl T5ForRec {
             let grads = loss.backward().map_err(T5Error::from)?;
             Ok((grads, f64::from(value)))
         };
-        if parts <= 1 || !self.device.is_cpu() {
+        if parts <= 1 {
             return backward(loss_of_part(0)?);
         }
         let key = self.dropout.next_stream_key();
-        let pieces: Vec<std::result::Result<(GradStore, f64), E>> = (0..parts)
-            .into_par_iter()
-            .map(|p| {
-                let loss = with_dropout_stream(splitmix64(key ^ p as u64), || loss_of_part(p))?;
-                backward(loss)
-            })
-            .collect();
-        let mut merged: Option<(GradStore, f64)> = None;
+        let piece = |p: usize| {
+            let loss = with_dropout_stream(splitmix64(key ^ p as u64), || loss_of_part(p))?;
+            backward(loss)
+        };
+        // Concurrency only pays where the pieces' serial stretches would idle CPU cores.
+        let pieces: Vec<std::result::Result<(GradStore, f64), E>> = if self.device.is_cpu() {
+            (0..parts).into_par_iter().map(piece).collect()
+        } else {
+            (0..parts).map(piece).collect()
+        };
+        let mut pieces = pieces.into_iter();
+        let (mut grads, mut total) = match pieces.next() {
+            Some(first) => first?,
+            None => return Err(T5Error::InvalidInput("no parts to backpropagate".into()).into()),
+        };
         for piece in pieces {
             let (more, value) = piece?;
-            merged = Some(match merged {
-                None => (more, value),
-                Some((mut grads, total)) => {
-                    grads.extend(more).map_err(T5Error::from)?;
-                    (grads, total + value)
-                }
-            });
+            grads.extend(more).map_err(T5Error::from)?;
+            total += value;
         }
-        Ok(merged.ok_or_else(|| T5Error::InvalidInput("no parts to backpropagate".into()))?)
+        Ok((grads, total))
     }
 
     /// The shared token embedding table (vocab × d_model).
