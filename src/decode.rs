@@ -39,9 +39,11 @@
 
 use std::ops::Range;
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, StepScores};
-use peapod_t5_rec::{DecoderState, T5ForRec};
+use peapod_t5_rec::{DecoderState, PackedDecoder, T5ForRec};
 use rayon::prelude::*;
 
 use crate::{even_slices, PeapodError};
@@ -109,6 +111,8 @@ pub fn generate_in_parts(
             .into());
         }
     }
+    // Packed once, shared by every part's decoder.
+    let packed = model.pack_decoder()?;
     let search = |inputs: Range<usize>| -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
         let constraint = match constraint {
             Constraint::PerInput(tries) => Constraint::PerInput(tries[inputs.clone()].to_vec()),
@@ -116,7 +120,7 @@ pub fn generate_in_parts(
         };
         let enc = encoder_out.narrow(0, inputs.start, inputs.len())?;
         let mask = encoder_mask.narrow(0, inputs.start, inputs.len())?;
-        let mut decoder = T5Decoder::new(model);
+        let mut decoder = T5Decoder::new(model).with_packed(packed.clone());
         let state = decoder.start(&enc, &mask, cfg.num_beams)?;
         Ok(beam_search(
             &mut decoder,
@@ -155,6 +159,8 @@ const GROUP_BYTES: usize = 128 << 20;
 pub struct T5Decoder<'a> {
     model: &'a T5ForRec,
     group_bytes: usize,
+    /// Weights packed beforehand; `None`: [`T5Decoder::start`] packs them (CPU, f32).
+    packed: Option<Arc<PackedDecoder>>,
     /// Tokens of one group's T5 rows, reused every step.
     tokens: Vec<u32>,
 }
@@ -195,8 +201,17 @@ impl<'a> T5Decoder<'a> {
         Self {
             model,
             group_bytes: GROUP_BYTES,
+            packed: None,
             tokens: Vec::new(),
         }
+    }
+
+    /// Decodes with weights already packed by this model's [`T5ForRec::pack_decoder`] (shared
+    /// by several decoders, e.g. concurrent searches); `None` lets [`T5Decoder::start`] pack
+    /// them itself.
+    pub fn with_packed(mut self, packed: Option<Arc<PackedDecoder>>) -> Self {
+        self.packed = packed;
+        self
     }
 
     /// Decodes the inputs in groups whose `beams × vocab` f32 log-probabilities fit in `bytes`
@@ -226,13 +241,18 @@ impl<'a> T5Decoder<'a> {
         let row_bytes = self.model.config().vocab_size * std::mem::size_of::<f32>();
         let per_group = (self.group_bytes / (row_bytes * num_beams.max(1))).max(1);
         let mut groups = Vec::with_capacity(batch.div_ceil(per_group));
+        let packed = match &self.packed {
+            Some(p) => Some(p.clone()),
+            None => self.model.pack_decoder()?,
+        };
         let mut first = 0;
         while first < batch {
             let inputs = per_group.min(batch - first);
-            let decoder = self.model.start_decoding(
+            let decoder = self.model.start_decoding_with(
                 &encoder_out.narrow(0, first, inputs)?,
                 &encoder_mask.narrow(0, first, inputs)?,
                 num_beams,
+                packed.clone(),
             )?;
             groups.push(Group {
                 decoder,
@@ -325,7 +345,7 @@ impl StepModel for T5Decoder<'_> {
             // Raw logits: the search normalises each row as it ranks it (StepScores::Logits).
             let out = &mut log_probs[first_row * vocab..row * vocab];
             self.model
-                .project_to_vocab_into(&hidden.index_select(&idx, 0)?, out)?;
+                .project_step_into(&group.decoder, &hidden.index_select(&idx, 0)?, out)?;
         }
         if row != live {
             return Err(PeapodError::Config(format!(

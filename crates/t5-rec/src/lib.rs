@@ -50,6 +50,7 @@ mod layers;
 mod memory;
 mod model;
 pub mod optim;
+mod packed;
 mod threads;
 mod weights;
 
@@ -58,7 +59,7 @@ pub use error::{Result, T5Error};
 pub use init::parameter_names;
 pub use layers::relative_position_bucket;
 pub use memory::retain_freed_memory;
-pub use model::{DecoderState, T5ForRec, WHOLE_WORD_EMBEDDINGS};
+pub use model::{DecoderState, PackedDecoder, T5ForRec, WHOLE_WORD_EMBEDDINGS};
 pub use threads::{limit_worker_spinning, WORKER_SPIN_LIMIT};
 #[cfg(feature = "hub")]
 pub use weights::download_from_hub;

@@ -12,7 +12,7 @@ use crate::layers::{
 
 mod decoding;
 
-pub use decoding::DecoderState;
+pub use decoding::{DecoderState, PackedDecoder};
 
 /// Name of PeaPOD's whole-word embedding table (absent from Hugging Face checkpoints).
 pub const WHOLE_WORD_EMBEDDINGS: &str = "whole_word_embeddings.weight";

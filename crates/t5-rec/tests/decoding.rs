@@ -241,3 +241,57 @@ fn the_per_step_cache_matches_the_dense_cache() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn packed_weights_decode_like_the_models_own_products() -> anyhow::Result<()> {
+    for (ff, tied) in [("relu", true), ("gated-gelu", false)] {
+        let cfg = small_config(ff, tied);
+        let (_vm, model) = common::build_seeded(&cfg, 41)?;
+        let (b, t, beams) = (2, 5, 3);
+        let input = tensor2(&ids(b, t, 2, 40, 42))?;
+        let mask = tensor2(&[vec![1, 1, 1, 1, 1], vec![1, 1, 1, 0, 0]])?;
+        let enc = model.encode(&model.embed_tokens(&input)?, &mask, false)?;
+        let packed = model.pack_decoder()?.expect("CPU f32 models pack");
+        let mut with = model.start_decoding_with(&enc, &mask, beams, Some(packed))?;
+        let mut without = model.start_decoding_with(&enc, &mask, beams, None)?;
+        let n = b * beams;
+        let mut last = Tensor::new(&[0u32, 0], &Device::Cpu)?;
+        for step in 0..3 {
+            let h_with = model.decode_step_hidden(&mut with, &last)?;
+            let h_without = model.decode_step_hidden(&mut without, &last)?;
+            let diff = max_abs_diff(&h_with, &h_without)?;
+            assert!(
+                diff < 1e-5,
+                "{ff}, step {step}: hidden states differ by {diff}"
+            );
+            // The packed vocabulary projection against the model's own.
+            let rows = h_with.dim(0)?;
+            let mut packed_logits = vec![f32::NAN; rows * cfg.vocab_size];
+            model.project_step_into(&with, &h_with, &mut packed_logits)?;
+            let own = model.project_to_vocab(&h_with)?;
+            let packed_logits = Tensor::from_vec(packed_logits, own.dims(), &Device::Cpu)?;
+            let diff = max_abs_diff(&packed_logits, &own)?;
+            assert!(diff < 1e-5, "{ff}, step {step}: logits differ by {diff}");
+            let mut short = vec![0f32; rows * cfg.vocab_size - 1];
+            assert!(model.project_step_into(&with, &h_with, &mut short).is_err());
+            let src = [[0, 0, 1, 5, 3, 3], [2, 1, 1, 4, 5, 3], [1, 2, 0, 3, 3, 4]][step];
+            with.reorder(&src)?;
+            without.reorder(&src)?;
+            last = Tensor::from_vec(
+                ids(1, n, 2, 40, 43 + step as u64)[0].clone(),
+                n,
+                &Device::Cpu,
+            )?;
+        }
+    }
+    // Weights packed from a model of other shapes are refused.
+    let (_vm, model) = build(&small_config("relu", true))?;
+    let (_vm2, other) = build(&small_config("gated-gelu", true))?;
+    let input = tensor2(&ids(1, 3, 2, 40, 44))?;
+    let mask = Tensor::ones((1, 3), DType::U32, &Device::Cpu)?;
+    let enc = model.encode(&model.embed_tokens(&input)?, &mask, false)?;
+    assert!(model
+        .start_decoding_with(&enc, &mask, 2, other.pack_decoder()?)
+        .is_err());
+    Ok(())
+}

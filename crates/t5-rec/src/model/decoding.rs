@@ -1,12 +1,15 @@
 //! Incremental decoding for beam search: one token per beam per call, with a reorderable
 //! self-attention cache and cross-attention keys/values computed once per input.
 
-use candle_core::{DType, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{DType, Storage, Tensor, D};
 
 use super::{at_least_f32, embedding, T5ForRec};
 use crate::error::{Result, T5Error};
-use crate::fused::cached_attention;
-use crate::layers::padding_bias;
+use crate::fused::{cached_attention, contiguous_f32};
+use crate::layers::{padding_bias, FeedForward, Linear};
+use crate::packed::PackedWeight;
 
 /// The decoder's state between [`T5ForRec::decode_step`] calls.
 ///
@@ -23,6 +26,125 @@ pub struct DecoderState {
     cross_bias: Tensor,
     /// Self-attention keys and values of the decoded positions.
     self_kv: SelfCache,
+    /// The decoder's weights packed for the CPU (see [`PackedDecoder`]), if this state uses
+    /// them.
+    packed: Option<Arc<PackedDecoder>>,
+}
+
+/// The decoder's weight matrices and the vocabulary projection, packed once for the matrix
+/// products of incremental decoding on the CPU ([`T5ForRec::pack_decoder`]).
+///
+/// Why: every decoding step multiplies all live hypotheses by the same weights. A general gemm
+/// call repacks its weight operand each time and, on the 32,128-wide vocabulary projection,
+/// scatters its stores over the 41 MB output; the packed products keep a few weight panels in
+/// cache while all rows pass over them (t5-small, 20 beams, batch 32: see
+/// `docs/performance.md`, "Session 6"). The copy costs as much memory as the decoder and the
+/// output embedding (≈ 150 MB at t5-small) and holds the weights as they were when packed:
+/// pack again after changing them.
+#[derive(Debug)]
+pub struct PackedDecoder {
+    blocks: Vec<PackedBlock>,
+    output: PackedWeight,
+    output_scale: f32,
+}
+
+#[derive(Debug)]
+struct PackedBlock {
+    self_q: PackedWeight,
+    self_k: PackedWeight,
+    self_v: PackedWeight,
+    self_o: PackedWeight,
+    cross_q: PackedWeight,
+    cross_o: PackedWeight,
+    ff: PackedFeedForward,
+}
+
+#[derive(Debug)]
+enum PackedFeedForward {
+    Relu {
+        wi: PackedWeight,
+        wo: PackedWeight,
+    },
+    GatedGelu {
+        wi_0: PackedWeight,
+        wi_1: PackedWeight,
+        wo: PackedWeight,
+    },
+}
+
+impl PackedDecoder {
+    /// Output features × input features of every packed matrix, in a fixed order: what
+    /// [`T5ForRec::start_decoding_with`] compares with the model's own shapes.
+    fn shapes(&self) -> Vec<(usize, usize)> {
+        let mut shapes = Vec::new();
+        for b in &self.blocks {
+            let mut push = |w: &PackedWeight| shapes.push((w.out_features(), w.in_features()));
+            for w in [
+                &b.self_q, &b.self_k, &b.self_v, &b.self_o, &b.cross_q, &b.cross_o,
+            ] {
+                push(w);
+            }
+            match &b.ff {
+                PackedFeedForward::Relu { wi, wo } => [wi, wo].into_iter().for_each(&mut push),
+                PackedFeedForward::GatedGelu { wi_0, wi_1, wo } => {
+                    [wi_0, wi_1, wo].into_iter().for_each(&mut push)
+                }
+            }
+        }
+        shapes.push((self.output.out_features(), self.output.in_features()));
+        shapes
+    }
+}
+
+/// A weight matrix packed, or `None` unless it is a CPU f32 tensor.
+fn cpu_f32_matrix(w: &Tensor) -> Result<Option<PackedWeight>> {
+    let (n, k) = w.dims2()?;
+    if w.dtype() != DType::F32 || !w.device().is_cpu() {
+        return Ok(None);
+    }
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let values = contiguous_f32(cpu, layout, "pack_decoder")?;
+    Ok(Some(PackedWeight::from_rows(values, n, k)))
+}
+
+fn pack_linear(l: &Linear) -> Result<PackedWeight> {
+    cpu_f32_matrix(&l.weight)?.ok_or_else(|| {
+        T5Error::InvalidInput("pack_decoder: a decoder weight is not a CPU f32 tensor".into())
+    })
+}
+
+/// `x` (rows × in) times the packed weight: rows × out.
+fn packed_product(w: &PackedWeight, x: &Tensor) -> Result<Tensor> {
+    let k = w.in_features();
+    let rows = x.elem_count() / k.max(1);
+    if x.dims().last() != Some(&k) {
+        return Err(T5Error::InvalidInput(format!(
+            "packed product: input {:?} for a weight of {k} inputs",
+            x.dims()
+        )));
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(T5Error::InvalidInput(
+            "packed product: the input is not on the CPU".into(),
+        ));
+    };
+    let values = contiguous_f32(cpu, layout, "packed product")?;
+    let out = w.matmul(values, rows);
+    Ok(Tensor::from_vec(out, (rows, w.out_features()), x.device())?)
+}
+
+/// A decoder linear layer: through its packed copy when there is one.
+fn linear(l: &Linear, packed: Option<&PackedWeight>, x: &Tensor) -> Result<Tensor> {
+    match packed {
+        Some(w) => packed_product(w, x),
+        None => l.forward(x),
+    }
 }
 
 /// The decoder's self-attention cache.
@@ -104,15 +226,82 @@ impl DecoderState {
 }
 
 impl T5ForRec {
+    /// The decoder's weights and vocabulary projection packed for CPU decoding
+    /// ([`PackedDecoder`]), or `None` when the model is not on the CPU in f32 (other devices
+    /// decode with their own matrix products).
+    pub fn pack_decoder(&self) -> Result<Option<Arc<PackedDecoder>>> {
+        if !self.device.is_cpu() || self.dtype != DType::F32 {
+            return Ok(None);
+        }
+        let (output, scale) = self.output_embedding();
+        let Some(output) = cpu_f32_matrix(output)? else {
+            return Ok(None);
+        };
+        let mut blocks = Vec::with_capacity(self.decoder.len());
+        for block in &self.decoder {
+            let (sa, ca) = (&block.self_attn, &block.cross_attn);
+            blocks.push(PackedBlock {
+                self_q: pack_linear(&sa.q)?,
+                self_k: pack_linear(&sa.k)?,
+                self_v: pack_linear(&sa.v)?,
+                self_o: pack_linear(&sa.o)?,
+                cross_q: pack_linear(&ca.q)?,
+                cross_o: pack_linear(&ca.o)?,
+                ff: match &block.ff {
+                    FeedForward::Relu { wi, wo } => PackedFeedForward::Relu {
+                        wi: pack_linear(wi)?,
+                        wo: pack_linear(wo)?,
+                    },
+                    FeedForward::GatedGelu { wi_0, wi_1, wo } => PackedFeedForward::GatedGelu {
+                        wi_0: pack_linear(wi_0)?,
+                        wi_1: pack_linear(wi_1)?,
+                        wo: pack_linear(wo)?,
+                    },
+                },
+            });
+        }
+        Ok(Some(Arc::new(PackedDecoder {
+            blocks,
+            output,
+            output_scale: scale.unwrap_or(1.0) as f32,
+        })))
+    }
+
     /// Prepares incremental decoding of `beams_per_input` beams for each encoded input
     /// (encoder_out B×T×d, encoder_mask B×T). Cross-attention keys and values are projected
-    /// here, once per input.
+    /// here, once per input. On the CPU in f32 the decoder's weights are packed for the steps
+    /// ([`T5ForRec::pack_decoder`]); callers starting several states from the same weights can
+    /// pack once and use [`T5ForRec::start_decoding_with`].
     pub fn start_decoding(
         &self,
         encoder_out: &Tensor,
         encoder_mask: &Tensor,
         beams_per_input: usize,
     ) -> Result<DecoderState> {
+        let packed = self.pack_decoder()?;
+        self.start_decoding_with(encoder_out, encoder_mask, beams_per_input, packed)
+    }
+
+    /// [`T5ForRec::start_decoding`] with weights packed beforehand by this model's
+    /// [`T5ForRec::pack_decoder`] (shared by any number of states), or with none: the steps then
+    /// use the model's own matrix products.
+    pub fn start_decoding_with(
+        &self,
+        encoder_out: &Tensor,
+        encoder_mask: &Tensor,
+        beams_per_input: usize,
+        packed: Option<Arc<PackedDecoder>>,
+    ) -> Result<DecoderState> {
+        if let Some(p) = &packed {
+            let expected = self.pack_shapes();
+            if p.shapes() != expected || !self.device.is_cpu() || self.dtype != DType::F32 {
+                return Err(T5Error::InvalidInput(format!(
+                    "start_decoding_with: packed weights of other shapes than this model's \
+                     decoder ({} matrices), or a model that is not on the CPU in f32",
+                    expected.len()
+                )));
+            }
+        }
         let (b, t, _) = encoder_out.dims3()?;
         if beams_per_input == 0 || encoder_mask.dims() != [b, t] {
             return Err(T5Error::InvalidInput(format!(
@@ -121,6 +310,7 @@ impl T5ForRec {
                 encoder_mask.dims()
             )));
         }
+        let per_step_cache = self.device.is_cpu() && self.dtype == DType::F32;
         let mut cross_kv = Vec::with_capacity(self.decoder.len());
         for block in &self.decoder {
             let att = &block.cross_attn;
@@ -134,7 +324,7 @@ impl T5ForRec {
             step: 0,
             cross_kv,
             cross_bias: padding_bias(encoder_mask, self.dtype)?,
-            self_kv: if self.device.is_cpu() && self.dtype == DType::F32 {
+            self_kv: if per_step_cache {
                 SelfCache::Steps {
                     kv: vec![Vec::new(); self.decoder.len()],
                     origin: Vec::new(),
@@ -142,7 +332,67 @@ impl T5ForRec {
             } else {
                 SelfCache::Dense(vec![None; self.decoder.len()])
             },
+            packed,
         })
+    }
+
+    /// The shapes [`PackedDecoder::shapes`] lists for this model.
+    fn pack_shapes(&self) -> Vec<(usize, usize)> {
+        let c = &self.cfg;
+        let (d, inner, ff) = (c.d_model, c.inner_dim(), c.d_ff);
+        let mut shapes = Vec::new();
+        for block in &self.decoder {
+            shapes.extend([
+                (inner, d),
+                (inner, d),
+                (inner, d),
+                (d, inner),
+                (inner, d),
+                (d, inner),
+            ]);
+            match &block.ff {
+                FeedForward::Relu { .. } => shapes.extend([(ff, d), (d, ff)]),
+                FeedForward::GatedGelu { .. } => shapes.extend([(ff, d), (ff, d), (d, ff)]),
+            }
+        }
+        shapes.push((c.vocab_size, d));
+        shapes
+    }
+
+    /// The vocabulary logits of decoder states (rows × d, from
+    /// [`T5ForRec::decode_step_hidden`] of `state`), written row-major into `out` (rows × V):
+    /// through `state`'s packed projection when it has one, else
+    /// [`T5ForRec::project_to_vocab_into`].
+    pub fn project_step_into(
+        &self,
+        state: &DecoderState,
+        hidden: &Tensor,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let Some(packed) = &state.packed else {
+            return self.project_to_vocab_into(hidden, out);
+        };
+        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
+        let rows = hidden.elem_count() / d;
+        if hidden.dims().last() != Some(&d) || out.len() != rows * v {
+            return Err(T5Error::InvalidInput(format!(
+                "project_step_into: hidden {:?} and {} output values (d_model {d}, vocabulary {v})",
+                hidden.dims(),
+                out.len()
+            )));
+        }
+        let hidden = hidden.contiguous()?;
+        let (storage, layout) = hidden.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(T5Error::InvalidInput(
+                "project_step_into: packed weights need hidden states on the CPU".into(),
+            ));
+        };
+        let values = contiguous_f32(cpu, layout, "project_step_into")?;
+        packed
+            .output
+            .matmul_into(values, rows, out, packed.output_scale);
+        Ok(())
     }
 
     /// Feeds one token per row (`last_tokens`: B·beams u32; the decoder start token at step 0,
@@ -152,7 +402,14 @@ impl T5ForRec {
     /// dropout, no gradient.
     pub fn decode_step(&self, state: &mut DecoderState, last_tokens: &Tensor) -> Result<Tensor> {
         let h = self.decode_step_hidden(state, last_tokens)?;
-        let logits = at_least_f32(&self.project_to_vocab(&h)?)?;
+        let logits = if state.packed.is_some() {
+            let rows = h.dim(0)?;
+            let mut out = vec![0f32; rows * self.cfg.vocab_size];
+            self.project_step_into(state, &h, &mut out)?;
+            Tensor::from_vec(out, (rows, self.cfg.vocab_size), &self.device)?
+        } else {
+            at_least_f32(&self.project_to_vocab(&h)?)?
+        };
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
@@ -200,12 +457,14 @@ impl T5ForRec {
             SelfCache::Steps { .. } => pos.flatten_all()?.to_vec1::<f32>()?,
             SelfCache::Dense(_) => Vec::new(),
         };
+        let packed = state.packed.clone();
         for (l, block) in self.decoder.iter().enumerate() {
+            let pb = packed.as_ref().map(|p| &p.blocks[l]);
             let att = &block.self_attn;
             let x = block.self_norm.forward_inference(&h)?;
-            let q = att.q.forward(&x)?;
-            let k = att.k.forward(&x)?;
-            let v = att.v.forward(&x)?;
+            let q = linear(&att.q, pb.map(|p| &p.self_q), &x)?;
+            let k = linear(&att.k, pb.map(|p| &p.self_k), &x)?;
+            let v = linear(&att.v, pb.map(|p| &p.self_v), &x)?;
             let ctx = match &mut state.self_kv {
                 SelfCache::Steps { kv, origin } => {
                     kv[l].push((k.contiguous()?, v.contiguous()?));
@@ -240,28 +499,35 @@ impl T5ForRec {
                     ctx
                 }
             };
-            h = (h + att.o.forward(&ctx)?)?;
+            h = (h + linear(&att.o, pb.map(|p| &p.self_o), &ctx)?)?;
 
             let ca = &block.cross_attn;
             let x = block.cross_norm.forward_inference(&h)?;
             // Beams become query positions of their input: the shared keys are never repeated.
-            let q =
-                ca.q.forward(&x)?
-                    .reshape((b, beams, heads, dk))?
-                    .transpose(1, 2)?
-                    .contiguous()?;
+            let q = linear(&ca.q, pb.map(|p| &p.cross_q), &x)?
+                .reshape((b, beams, heads, dk))?
+                .transpose(1, 2)?
+                .contiguous()?;
             let (ck, cv) = &state.cross_kv[l];
             // Here each (input, head) is one 20 × d by d × T product: few enough calls that
-            // candle's batched gemm serves.
+            // candle's batched gemm serves (a plain-loop version was no faster).
             let scores = q.matmul(&ck.t()?)?.broadcast_add(&state.cross_bias)?;
             let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(cv)?;
             let ctx = ctx.transpose(1, 2)?.reshape((n, heads * dk))?;
-            h = (h + ca.o.forward(&ctx)?)?;
+            h = (h + linear(&ca.o, pb.map(|p| &p.cross_o), &ctx)?)?;
 
-            let f =
-                block
-                    .ff
-                    .forward(&block.ff_norm.forward_inference(&h)?, &self.dropout, false)?;
+            let x = block.ff_norm.forward_inference(&h)?;
+            let f = match pb.map(|p| &p.ff) {
+                None => block.ff.forward(&x, &self.dropout, false)?,
+                Some(PackedFeedForward::Relu { wi, wo }) => {
+                    packed_product(wo, &packed_product(wi, &x)?.relu()?)?
+                }
+                Some(PackedFeedForward::GatedGelu { wi_0, wi_1, wo }) => {
+                    // As FeedForward::forward: gelu_new of one projection times the other.
+                    let g = packed_product(wi_0, &x)?.gelu()?;
+                    packed_product(wo, &g.mul(&packed_product(wi_1, &x)?)?)?
+                }
+            };
             h = (h + f)?;
         }
         let h = self.decoder_norm.forward_inference(&h)?;
