@@ -295,3 +295,24 @@ fn packed_weights_decode_like_the_models_own_products() -> anyhow::Result<()> {
         .is_err());
     Ok(())
 }
+
+#[test]
+fn encoding_a_batch_matches_encoding_each_input_alone() -> anyhow::Result<()> {
+    // Inference batches are encoded in concurrent halves on the CPU; single inputs in one pass.
+    let cfg = small_config("relu", true);
+    let (_vm, model) = common::build_seeded(&cfg, 51)?;
+    let (b, t) = (5, 6);
+    let input = tensor2(&ids(b, t, 2, 40, 52))?;
+    let mut mask_rows = vec![vec![1u32; t]; b];
+    mask_rows[3][4..].iter_mut().for_each(|m| *m = 0);
+    let mask = tensor2(&mask_rows)?;
+    let embeds = model.embed_tokens(&input)?;
+    let batch = model.encode(&embeds, &mask, false)?;
+    assert_eq!(batch.dims(), &[b, t, cfg.d_model]);
+    for i in 0..b {
+        let alone = model.encode(&embeds.narrow(0, i, 1)?, &mask.narrow(0, i, 1)?, false)?;
+        let diff = max_abs_diff(&alone, &batch.narrow(0, i, 1)?)?;
+        assert!(diff < 1e-5, "input {i}: {diff}");
+    }
+    Ok(())
+}
