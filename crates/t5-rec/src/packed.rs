@@ -168,17 +168,18 @@ impl PackedWeight {
                             accumulate: k0 > 0,
                             scale: tile_scale,
                         };
-                        if rows == MR && cols == NR {
-                            kernel.run(a, b, c, n, tile);
+                        if cols == NR {
+                            kernel.run(a, b, c, n, rows, tile);
                         } else {
-                            // Edge tile: computed in full into a scratch tile, then only the
-                            // valid part is merged.
+                            // A tile past the last weight row: computed in full into a scratch
+                            // tile, then only the valid part is merged.
                             let mut scratch = [0f32; MR * NR];
                             kernel.run(
                                 a,
                                 b,
                                 scratch.as_mut_ptr(),
                                 NR,
+                                MR,
                                 Tile {
                                     accumulate: false,
                                     scale: 1.0,
@@ -258,21 +259,46 @@ impl Kernel {
         Self::Portable
     }
 
+    /// Writes the first `rows` (1 ..= MR) rows of the tile: a strip's padding rows are
+    /// neither computed (FMA kernel) nor stored.
+    ///
     /// # Safety
-    /// `a` holds `tile.depth × MR` values, `b` `tile.depth × NR`, and `c` an MR × NR block
+    /// `a` holds `tile.depth × MR` values, `b` `tile.depth × NR`, and `c` a `rows` × NR block
     /// with row stride `ldc`.
-    unsafe fn run(self, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, tile: Tile) {
+    unsafe fn run(
+        self,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        tile: Tile,
+    ) {
         match self {
-            Self::Portable => tile_portable(a, b, c, ldc, tile),
+            Self::Portable => tile_portable(a, b, c, ldc, rows, tile),
             #[cfg(target_arch = "x86_64")]
-            Self::Fma => tile_fma(a, b, c, ldc, tile),
+            Self::Fma => match rows {
+                6 => tile_fma::<6>(a, b, c, ldc, tile),
+                5 => tile_fma::<5>(a, b, c, ldc, tile),
+                4 => tile_fma::<4>(a, b, c, ldc, tile),
+                3 => tile_fma::<3>(a, b, c, ldc, tile),
+                2 => tile_fma::<2>(a, b, c, ldc, tile),
+                _ => tile_fma::<1>(a, b, c, ldc, tile),
+            },
         }
     }
 }
 
 /// # Safety
 /// As [`Kernel::run`].
-unsafe fn tile_portable(a: *const f32, b: *const f32, c: *mut f32, ldc: usize, tile: Tile) {
+unsafe fn tile_portable(
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    tile: Tile,
+) {
     let mut acc = [[0f32; NR]; MR];
     let a = std::slice::from_raw_parts(a, tile.depth * MR);
     let b = std::slice::from_raw_parts(b, tile.depth * NR);
@@ -283,7 +309,7 @@ unsafe fn tile_portable(a: *const f32, b: *const f32, c: *mut f32, ldc: usize, t
             }
         }
     }
-    for (r, acc_row) in acc.iter().enumerate() {
+    for (r, acc_row) in acc.iter().enumerate().take(rows) {
         let row = std::slice::from_raw_parts_mut(c.add(r * ldc), NR);
         for (dst, &v) in row.iter_mut().zip(acc_row) {
             let prior = if tile.accumulate { *dst } else { 0.0 };
@@ -292,16 +318,22 @@ unsafe fn tile_portable(a: *const f32, b: *const f32, c: *mut f32, ldc: usize, t
     }
 }
 
-/// The 6 × 16 AVX2 + FMA micro-kernel: 12 accumulator registers, two weight vectors and one
-/// broadcast input value per depth step.
+/// The 6 × 16 AVX2 + FMA micro-kernel (for a full strip, `ROWS` = 6): 12 accumulator
+/// registers, two weight vectors and one broadcast input value per depth step.
 ///
 /// # Safety
-/// As [`Kernel::run`], on a CPU with AVX2 and FMA.
+/// As [`Kernel::run`] with `ROWS` rows, on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_fma(a: *const f32, b: *const f32, c: *mut f32, ldc: usize, tile: Tile) {
+unsafe fn tile_fma<const ROWS: usize>(
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    tile: Tile,
+) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
     let (mut ap, mut bp) = (a, b);
     for _ in 0..tile.depth {
         let b0 = _mm256_loadu_ps(bp);
@@ -361,14 +393,20 @@ mod tests {
         let x = values(m * k, 1 + m as u64);
         let w = values(n * k, 2 + n as u64);
         let packed = PackedWeight::from_rows(&w, n, k);
-        // Stale contents must be overwritten, not accumulated into.
-        let mut out = vec![f32::NAN; m * n];
+        // Stale contents must be overwritten, not accumulated into; and the rows past the
+        // matrix (a strip's padding) must stay untouched.
+        let mut out = vec![f32::NAN; (m + MR) * n];
         let strips = pack_rows(&x, m, k);
         let panels = 0..n.div_ceil(NR);
-        // SAFETY: one call writes the whole output, which holds m × n values.
+        // SAFETY: one call writes the whole m × n output, which the buffer holds.
         unsafe {
             packed.product_panels(kernel, &strips, m, panels, SendPtr(out.as_mut_ptr()), scale)
         };
+        assert!(
+            out[m * n..].iter().all(|v| v.is_nan()),
+            "{m}×{n}×{k}: padding rows were written"
+        );
+        out.truncate(m * n);
         let want = naive(&x, &w, m, n, k, scale);
         for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
             let tol = 1e-5 * (k as f32).sqrt().max(1.0);
@@ -394,6 +432,11 @@ mod tests {
                 (5, 15, 33),
                 (13, 40, 600),
                 (12, 32, 1100),
+                (1, 16, 4),
+                (2, 32, 9),
+                (3, 16, 520),
+                (4, 48, 17),
+                (11, 16, 5),
             ] {
                 check(m, n, k, 1.0, kernel);
                 check(m, n, k, 0.125, kernel);
