@@ -96,19 +96,25 @@ impl PackedDecoder {
     }
 }
 
-/// A weight matrix packed, or `None` unless it is a CPU f32 tensor.
-fn cpu_f32_matrix(w: &Tensor) -> Result<Option<PackedWeight>> {
-    let (n, k) = w.dims2()?;
-    if w.dtype() != DType::F32 || !w.device().is_cpu() {
+/// Runs `f` on the values of `x` (made contiguous), if it is a CPU f32 tensor.
+fn with_cpu_f32<R>(x: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return Ok(None);
     }
-    let w = w.contiguous()?;
-    let (storage, layout) = w.storage_and_layout();
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         return Ok(None);
     };
-    let values = contiguous_f32(cpu, layout, "pack_decoder")?;
-    Ok(Some(PackedWeight::from_rows(values, n, k)))
+    Ok(Some(f(contiguous_f32(cpu, layout, what)?)))
+}
+
+/// A weight matrix packed, or `None` unless it is a CPU f32 tensor.
+fn cpu_f32_matrix(w: &Tensor) -> Result<Option<PackedWeight>> {
+    let (n, k) = w.dims2()?;
+    with_cpu_f32(w, "pack_decoder", |values| {
+        PackedWeight::from_rows(values, n, k)
+    })
 }
 
 fn pack_linear(l: &Linear) -> Result<PackedWeight> {
@@ -127,15 +133,10 @@ fn packed_product(w: &PackedWeight, x: &Tensor) -> Result<Tensor> {
             x.dims()
         )));
     }
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(T5Error::InvalidInput(
-            "packed product: the input is not on the CPU".into(),
-        ));
-    };
-    let values = contiguous_f32(cpu, layout, "packed product")?;
-    let out = w.matmul(values, rows);
+    let out =
+        with_cpu_f32(x, "packed product", |values| w.matmul(values, rows))?.ok_or_else(|| {
+            T5Error::InvalidInput("packed product: the input is not a CPU f32 tensor".into())
+        })?;
     Ok(Tensor::from_vec(out, (rows, w.out_features()), x.device())?)
 }
 
@@ -381,18 +382,16 @@ impl T5ForRec {
                 out.len()
             )));
         }
-        let hidden = hidden.contiguous()?;
-        let (storage, layout) = hidden.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            return Err(T5Error::InvalidInput(
-                "project_step_into: packed weights need hidden states on the CPU".into(),
-            ));
-        };
-        let values = contiguous_f32(cpu, layout, "project_step_into")?;
-        packed
-            .output
-            .matmul_into(values, rows, out, packed.output_scale);
-        Ok(())
+        let projected = with_cpu_f32(hidden, "project_step_into", |values| {
+            packed
+                .output
+                .matmul_into(values, rows, out, packed.output_scale)
+        })?;
+        projected.ok_or_else(|| {
+            T5Error::InvalidInput(
+                "project_step_into: packed weights need f32 hidden states on the CPU".into(),
+            )
+        })
     }
 
     /// Feeds one token per row (`last_tokens`: B·beams u32; the decoder start token at step 0,
