@@ -38,7 +38,6 @@
 //! ```
 
 use std::ops::Range;
-
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};

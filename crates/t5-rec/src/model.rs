@@ -288,32 +288,24 @@ impl T5ForRec {
         // 0.41–0.48 s per batch in one sitting).
         if !train && b >= 2 && self.device.is_cpu() && rayon::current_num_threads() >= 2 {
             let half = b / 2;
-            let (first, second) = rayon::join(
-                || {
-                    self.encode_rows(
-                        input_embeds.narrow(0, 0, half)?,
-                        attention_mask.narrow(0, 0, half)?,
-                        false,
-                    )
-                },
-                || {
-                    self.encode_rows(
-                        input_embeds.narrow(0, half, b - half)?,
-                        attention_mask.narrow(0, half, b - half)?,
-                        false,
-                    )
-                },
-            );
+            let rows = |start: usize, len: usize| {
+                self.encode_rows(
+                    &input_embeds.narrow(0, start, len)?,
+                    &attention_mask.narrow(0, start, len)?,
+                    false,
+                )
+            };
+            let (first, second) = rayon::join(|| rows(0, half), || rows(half, b - half));
             return Ok(Tensor::cat(&[first?, second?], 0)?);
         }
-        self.encode_rows(input_embeds.clone(), attention_mask.clone(), train)
+        self.encode_rows(input_embeds, attention_mask, train)
     }
 
     /// [`T5ForRec::encode`] of the whole batch in one pass.
     fn encode_rows(
         &self,
-        input_embeds: Tensor,
-        attention_mask: Tensor,
+        input_embeds: &Tensor,
+        attention_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
         let t = input_embeds.dim(1)?;
@@ -321,9 +313,9 @@ impl T5ForRec {
             .encoder_bias
             .forward(t, t, 0)?
             .to_dtype(self.dtype)?
-            .broadcast_add(&padding_bias(&attention_mask, self.dtype)?)?;
+            .broadcast_add(&padding_bias(attention_mask, self.dtype)?)?;
         let drop = &self.dropout;
-        let mut h = drop.forward(&input_embeds, train)?;
+        let mut h = drop.forward(input_embeds, train)?;
         for block in &self.encoder {
             let a =
                 block

@@ -103,7 +103,7 @@ impl PackedWeight {
     /// `out` must be valid for writes of m × n values; it need not be initialised.
     unsafe fn product(&self, x: &[f32], m: usize, out: *mut f32, scale: f32) {
         let (n, k) = (self.n, self.k);
-        assert_eq!(x.len(), m * k, "PackedWeight::matmul_into: {m} × {k} input");
+        assert_eq!(x.len(), m * k, "PackedWeight product: {m} × {k} input");
         if m == 0 || n == 0 {
             return;
         }
@@ -165,11 +165,12 @@ impl PackedWeight {
                         let c = out.0.add(s * MR * n + p * NR);
                         let tile = Tile {
                             depth,
+                            rows,
                             accumulate: k0 > 0,
                             scale: tile_scale,
                         };
                         if cols == NR {
-                            kernel.run(a, b, c, n, rows, tile);
+                            kernel.run(a, b, c, n, tile);
                         } else {
                             // A tile past the last weight row: computed in full into a scratch
                             // tile, then only the valid part is merged.
@@ -179,7 +180,6 @@ impl PackedWeight {
                                 b,
                                 scratch.as_mut_ptr(),
                                 NR,
-                                MR,
                                 Tile {
                                     accumulate: false,
                                     scale: 1.0,
@@ -234,10 +234,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// What one tile does with its MR × NR block of the output: `c = (c_old? + a·b) · scale`.
+/// What one tile does with the first `rows` (1 ..= MR) rows of its MR × NR block of the
+/// output: `c = (c_old? + a·b) · scale`. A strip's padding rows are neither computed (FMA
+/// kernel) nor stored.
 #[derive(Clone, Copy)]
 struct Tile {
     depth: usize,
+    rows: usize,
     accumulate: bool,
     scale: f32,
 }
@@ -259,25 +262,14 @@ impl Kernel {
         Self::Portable
     }
 
-    /// Writes the first `rows` (1 ..= MR) rows of the tile: a strip's padding rows are
-    /// neither computed (FMA kernel) nor stored.
-    ///
     /// # Safety
-    /// `a` holds `tile.depth × MR` values, `b` `tile.depth × NR`, and `c` a `rows` × NR block
-    /// with row stride `ldc`.
-    unsafe fn run(
-        self,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        tile: Tile,
-    ) {
+    /// `a` holds `tile.depth × MR` values, `b` `tile.depth × NR`, and `c` a `tile.rows` × NR
+    /// block with row stride `ldc`.
+    unsafe fn run(self, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, tile: Tile) {
         match self {
-            Self::Portable => tile_portable(a, b, c, ldc, rows, tile),
+            Self::Portable => tile_portable(a, b, c, ldc, tile),
             #[cfg(target_arch = "x86_64")]
-            Self::Fma => match rows {
+            Self::Fma => match tile.rows {
                 6 => tile_fma::<6>(a, b, c, ldc, tile),
                 5 => tile_fma::<5>(a, b, c, ldc, tile),
                 4 => tile_fma::<4>(a, b, c, ldc, tile),
@@ -291,14 +283,7 @@ impl Kernel {
 
 /// # Safety
 /// As [`Kernel::run`].
-unsafe fn tile_portable(
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    tile: Tile,
-) {
+unsafe fn tile_portable(a: *const f32, b: *const f32, c: *mut f32, ldc: usize, tile: Tile) {
     let mut acc = [[0f32; NR]; MR];
     let a = std::slice::from_raw_parts(a, tile.depth * MR);
     let b = std::slice::from_raw_parts(b, tile.depth * NR);
@@ -309,7 +294,7 @@ unsafe fn tile_portable(
             }
         }
     }
-    for (r, acc_row) in acc.iter().enumerate().take(rows) {
+    for (r, acc_row) in acc.iter().enumerate().take(tile.rows) {
         let row = std::slice::from_raw_parts_mut(c.add(r * ldc), NR);
         for (dst, &v) in row.iter_mut().zip(acc_row) {
             let prior = if tile.accumulate { *dst } else { 0.0 };

@@ -46,6 +46,9 @@ pub struct PackedDecoder {
     blocks: Vec<PackedBlock>,
     output: PackedWeight,
     output_scale: f32,
+    /// The packing model's [`T5ForRec::decoder_shapes`]: what [`T5ForRec::start_decoding_with`]
+    /// compares with its own.
+    shapes: Vec<(usize, usize)>,
 }
 
 #[derive(Debug)]
@@ -72,54 +75,25 @@ enum PackedFeedForward {
     },
 }
 
-impl PackedDecoder {
-    /// Output features × input features of every packed matrix, in a fixed order: what
-    /// [`T5ForRec::start_decoding_with`] compares with the model's own shapes.
-    fn shapes(&self) -> Vec<(usize, usize)> {
-        let mut shapes = Vec::new();
-        for b in &self.blocks {
-            let mut push = |w: &PackedWeight| shapes.push((w.out_features(), w.in_features()));
-            for w in [
-                &b.self_q, &b.self_k, &b.self_v, &b.self_o, &b.cross_q, &b.cross_o,
-            ] {
-                push(w);
-            }
-            match &b.ff {
-                PackedFeedForward::Relu { wi, wo } => [wi, wo].into_iter().for_each(&mut push),
-                PackedFeedForward::GatedGelu { wi_0, wi_1, wo } => {
-                    [wi_0, wi_1, wo].into_iter().for_each(&mut push)
-                }
-            }
-        }
-        shapes.push((self.output.out_features(), self.output.in_features()));
-        shapes
-    }
-}
-
-/// Runs `f` on the values of `x` (made contiguous), if it is a CPU f32 tensor.
-fn with_cpu_f32<R>(x: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
-    if x.dtype() != DType::F32 || !x.device().is_cpu() {
-        return Ok(None);
-    }
+/// Runs `f` on the values of `x` (made contiguous), which must be a CPU f32 tensor.
+fn with_cpu_f32<R>(x: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
-    };
-    Ok(Some(f(contiguous_f32(cpu, layout, what)?)))
+    match &*storage {
+        Storage::Cpu(cpu) if x.dtype() == DType::F32 => Ok(f(contiguous_f32(cpu, layout, what)?)),
+        _ => Err(T5Error::InvalidInput(format!(
+            "{what}: packed weights need CPU f32 tensors, not {:?} on {:?}",
+            x.dtype(),
+            x.device().location()
+        ))),
+    }
 }
 
-/// A weight matrix packed, or `None` unless it is a CPU f32 tensor.
-fn cpu_f32_matrix(w: &Tensor) -> Result<Option<PackedWeight>> {
+/// A weight matrix (out × in) packed.
+fn pack_matrix(w: &Tensor) -> Result<PackedWeight> {
     let (n, k) = w.dims2()?;
     with_cpu_f32(w, "pack_decoder", |values| {
         PackedWeight::from_rows(values, n, k)
-    })
-}
-
-fn pack_linear(l: &Linear) -> Result<PackedWeight> {
-    cpu_f32_matrix(&l.weight)?.ok_or_else(|| {
-        T5Error::InvalidInput("pack_decoder: a decoder weight is not a CPU f32 tensor".into())
     })
 }
 
@@ -133,10 +107,7 @@ fn packed_product(w: &PackedWeight, x: &Tensor) -> Result<Tensor> {
             x.dims()
         )));
     }
-    let out =
-        with_cpu_f32(x, "packed product", |values| w.matmul(values, rows))?.ok_or_else(|| {
-            T5Error::InvalidInput("packed product: the input is not a CPU f32 tensor".into())
-        })?;
+    let out = with_cpu_f32(x, "packed product", |values| w.matmul(values, rows))?;
     Ok(Tensor::from_vec(out, (rows, w.out_features()), x.device())?)
 }
 
@@ -231,13 +202,11 @@ impl T5ForRec {
     /// ([`PackedDecoder`]), or `None` when the model is not on the CPU in f32 (other devices
     /// decode with their own matrix products).
     pub fn pack_decoder(&self) -> Result<Option<Arc<PackedDecoder>>> {
-        if !self.device.is_cpu() || self.dtype != DType::F32 {
+        if !self.on_cpu_in_f32() {
             return Ok(None);
         }
         let (output, scale) = self.output_embedding();
-        let Some(output) = cpu_f32_matrix(output)? else {
-            return Ok(None);
-        };
+        let pack_linear = |l: &Linear| pack_matrix(&l.weight);
         let mut blocks = Vec::with_capacity(self.decoder.len());
         for block in &self.decoder {
             let (sa, ca) = (&block.self_attn, &block.cross_attn);
@@ -263,8 +232,9 @@ impl T5ForRec {
         }
         Ok(Some(Arc::new(PackedDecoder {
             blocks,
-            output,
+            output: pack_matrix(output)?,
             output_scale: scale.unwrap_or(1.0) as f32,
+            shapes: self.decoder_shapes(),
         })))
     }
 
@@ -294,8 +264,8 @@ impl T5ForRec {
         packed: Option<Arc<PackedDecoder>>,
     ) -> Result<DecoderState> {
         if let Some(p) = &packed {
-            let expected = self.pack_shapes();
-            if p.shapes() != expected || !self.device.is_cpu() || self.dtype != DType::F32 {
+            let expected = self.decoder_shapes();
+            if p.shapes != expected || !self.on_cpu_in_f32() {
                 return Err(T5Error::InvalidInput(format!(
                     "start_decoding_with: packed weights of other shapes than this model's \
                      decoder ({} matrices), or a model that is not on the CPU in f32",
@@ -311,7 +281,6 @@ impl T5ForRec {
                 encoder_mask.dims()
             )));
         }
-        let per_step_cache = self.device.is_cpu() && self.dtype == DType::F32;
         let mut cross_kv = Vec::with_capacity(self.decoder.len());
         for block in &self.decoder {
             let att = &block.cross_attn;
@@ -325,7 +294,7 @@ impl T5ForRec {
             step: 0,
             cross_kv,
             cross_bias: padding_bias(encoder_mask, self.dtype)?,
-            self_kv: if per_step_cache {
+            self_kv: if self.on_cpu_in_f32() {
                 SelfCache::Steps {
                     kv: vec![Vec::new(); self.decoder.len()],
                     origin: Vec::new(),
@@ -337,8 +306,13 @@ impl T5ForRec {
         })
     }
 
-    /// The shapes [`PackedDecoder::shapes`] lists for this model.
-    fn pack_shapes(&self) -> Vec<(usize, usize)> {
+    /// Where decoding packs its weights and keeps its self-attention cache per step.
+    fn on_cpu_in_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
+    }
+
+    /// Output × input features of the matrices [`T5ForRec::pack_decoder`] packs, in order.
+    fn decoder_shapes(&self) -> Vec<(usize, usize)> {
         let c = &self.cfg;
         let (d, inner, ff) = (c.d_model, c.inner_dim(), c.d_ff);
         let mut shapes = Vec::new();
@@ -382,15 +356,10 @@ impl T5ForRec {
                 out.len()
             )));
         }
-        let projected = with_cpu_f32(hidden, "project_step_into", |values| {
+        with_cpu_f32(hidden, "project_step_into", |values| {
             packed
                 .output
                 .matmul_into(values, rows, out, packed.output_scale)
-        })?;
-        projected.ok_or_else(|| {
-            T5Error::InvalidInput(
-                "project_step_into: packed weights need f32 hidden states on the CPU".into(),
-            )
         })
     }
 
