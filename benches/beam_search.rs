@@ -16,9 +16,9 @@ const BATCH: usize = 32;
 const INPUT_LEN: usize = 40;
 
 fn bench(c: &mut Criterion) {
-    // Before the first tensor operation, as the examples do (see `limit_worker_spinning`).
-    peapod::retain_freed_memory();
-    peapod::limit_worker_spinning();
+    // Process-wide allocator and worker-pool settings, once, before any tensor exists.
+    let policy = peapod::CpuPolicy::default();
+    policy.apply_to_process();
     let mut group = c.benchmark_group("beam_search_b32_beams20_new10");
     // One t5-small iteration takes seconds: ten samples are all a few minutes allow.
     group.sample_size(10);
@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let embeds = model.embed_input(&ids, &words).expect("embed");
                 let enc = model.encode(&embeds, &mask, false).expect("encode");
-                generate(&model, &enc, &mask, &beam, &Constraint::None).expect("generate")
+                generate(&model, &enc, &mask, &beam, &Constraint::None, &policy).expect("generate")
             })
         });
     }

@@ -19,8 +19,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
-use peapod::decode::{generate, generate_in_parts, T5Decoder};
-use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis};
+use peapod::decode::generate;
+use peapod::CpuPolicy;
+use peapod_beam::{BeamConfig, Constraint, Hypothesis};
 use peapod_t5_rec::{T5Config, T5ForRec};
 
 /// Seconds per batch of 32 for HF `generate` on this CPU (see the module docs).
@@ -49,10 +50,10 @@ struct Args {
     /// Decoder length limit counting the start token (HF's max_length): 11 = up to 10 tokens.
     #[arg(long, default_value_t = 11)]
     max_length: usize,
-    /// Size bound of one decoder group's log-probabilities (default: the library's, 128 MiB).
+    /// Size bound of one decoder group's log-probabilities (default: `CpuPolicy`'s, 128 MiB).
     #[arg(long)]
     group_mib: Option<usize>,
-    /// Concurrent searches on the CPU (default: `peapod::decode::CPU_PARTS`).
+    /// Concurrent searches (and encoder pieces) on the CPU (default: `CpuPolicy`'s, 2).
     #[arg(long)]
     parts: Option<usize>,
     /// cpu or cuda.
@@ -64,11 +65,17 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    // Large tensors are freed and reallocated every step: keep them in the heap; and let
-    // candle's idle workers sleep instead of spinning on cores the gemm needs.
-    peapod::retain_freed_memory();
-    peapod::limit_worker_spinning();
+    // Process-wide allocator and worker-pool settings, once, before any tensor exists.
+    let mut policy = CpuPolicy::default();
+    policy.apply_to_process();
     let args = Args::parse();
+    if let Some(parts) = args.parts {
+        policy.decode_parts = parts;
+        policy.encode_parts = parts;
+    }
+    if let Some(mib) = args.group_mib {
+        policy.decode_group_bytes = mib << 20;
+    }
     let configs: Vec<(&str, T5Config)> = match args.config.as_str() {
         "tiny" => vec![("tiny", T5Config::tiny())],
         "t5-small" => vec![("t5-small", T5Config::t5_small())],
@@ -95,18 +102,10 @@ fn main() -> Result<()> {
             let (ids, words, mask) = inputs(args.batch, args.input_len, cfg.vocab_size, device)?;
             let run = || -> Result<(f64, Vec<Vec<Hypothesis>>)> {
                 let start = Instant::now();
-                let enc = model.encode(&model.embed_input(&ids, &words)?, &mask, false)?;
-                let out = match (args.group_mib, args.parts) {
-                    (None, None) => generate(&model, &enc, &mask, &beam, &Constraint::None)?,
-                    (None, Some(parts)) => {
-                        generate_in_parts(&model, &enc, &mask, &beam, &Constraint::None, parts)?
-                    }
-                    (Some(mib), _) => {
-                        let mut dec = T5Decoder::new(&model).with_group_bytes(mib << 20);
-                        let state = dec.start(&enc, &mask, beam.num_beams)?;
-                        beam_search(&mut dec, state, args.batch, &beam, &Constraint::None)?
-                    }
-                };
+                let embeds = model.embed_input(&ids, &words)?;
+                let parts = policy.encode_parts_on(device.is_cpu());
+                let enc = model.encode_in_parts(&embeds, &mask, parts)?;
+                let out = generate(&model, &enc, &mask, &beam, &Constraint::None, &policy)?;
                 let secs = start.elapsed().as_secs_f64();
                 if out.len() != args.batch {
                     bail!("{} results for {} inputs", out.len(), args.batch);
@@ -138,7 +137,7 @@ fn main() -> Result<()> {
             "repeats": args.repeats,
             "device": args.device,
             "seconds_per_batch": median,
-            "parts": args.parts.unwrap_or_else(|| peapod::decode::default_parts(&device)),
+            "parts": policy.decode_parts_on(device.is_cpu()),
             "inputs_per_second": args.batch as f64 / median,
         });
         // The HF figures are for exactly this job at batch 32 and 20 beams.

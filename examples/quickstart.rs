@@ -51,8 +51,8 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     // Large tensors are freed and reallocated every step: keep them in the heap; and let
     // candle's idle workers sleep instead of spinning on cores the gemm needs.
-    peapod::retain_freed_memory();
-    peapod::limit_worker_spinning();
+    // Process-wide allocator and worker-pool settings, once, before any tensor exists.
+    peapod::CpuPolicy::default().apply_to_process();
     let cli = Cli::parse();
     let started = Instant::now();
     let device = common::default_device();

@@ -14,6 +14,7 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
 //! use peapod::decode::generate;
+//! use peapod::CpuPolicy;
 //! use peapod_beam::{BeamConfig, Constraint};
 //! use peapod_t5_rec::{T5Config, T5ForRec};
 //!
@@ -29,7 +30,8 @@
 //! let enc = model.encode(&model.embed_input(&ids, &words)?, &mask, false)?;
 //!
 //! // 4 beams, the 3 best hypotheses per input, at most 5 generated tokens.
-//! let best = generate(&model, &enc, &mask, &BeamConfig::t5(4, 3, 6), &Constraint::None)?;
+//! let beam = BeamConfig::t5(4, 3, 6);
+//! let best = generate(&model, &enc, &mask, &beam, &Constraint::None, &CpuPolicy::default())?;
 //! assert_eq!(best.len(), 2);
 //! assert_eq!(best[0].len(), 3);
 //! assert!(best[0][0].score >= best[0][1].score);
@@ -40,10 +42,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, StepScores};
 use peapod_t5_rec::{DecoderState, PackedDecoder, T5ForRec};
 use rayon::prelude::*;
+
+use peapod_kernels::runtime::DECODE_GROUP_BYTES;
+use peapod_kernels::CpuPolicy;
 
 use crate::{even_slices, PeapodError};
 
@@ -52,54 +57,27 @@ use crate::{even_slices, PeapodError};
 /// first (see [`peapod_beam::beam_search`] for the exact semantics and [`Constraint`] for
 /// restricting outputs to item ids or candidate lists).
 ///
-/// On the CPU the inputs are split into [`CPU_PARTS`] parts searched concurrently (see
-/// [`generate_in_parts`]); elsewhere they are searched together.
+/// `policy` says how the CPU is used: its [`CpuPolicy::decode_parts`] slices of the inputs are
+/// searched concurrently on the rayon pool (one search elsewhere), and each search decodes in
+/// groups of at most [`CpuPolicy::decode_group_bytes`] of log-probabilities. Inputs never
+/// interact in a beam search, so the hypotheses are those of one search over all inputs;
+/// scores differ only by float rounding.
+///
+/// Why split on a CPU: one search alternates multi-threaded matrix products with single-threaded
+/// work (the search's own bookkeeping, small attention products, element-wise steps), during
+/// which the other cores wait. Independent searches keep every core busy, and their matrix
+/// products still share idle cores through rayon (t5-small, batch 32, 20 beams, 2 cores:
+/// 6.1–6.3 s per batch in one search, 5.0–5.2 s in two; `bench_decode`; the defaults'
+/// measurements are in `peapod_kernels::runtime`).
 pub fn generate(
     model: &T5ForRec,
     encoder_out: &Tensor,
     encoder_mask: &Tensor,
     cfg: &BeamConfig,
     constraint: &Constraint,
+    policy: &CpuPolicy,
 ) -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
-    let parts = default_parts(model.device());
-    generate_in_parts(model, encoder_out, encoder_mask, cfg, constraint, parts)
-}
-
-/// How many concurrent searches [`generate`] splits a batch into on the CPU (fewer with fewer
-/// rayon threads). Two hide each other's single-threaded stretches while their matrix products
-/// share all cores; more parts shrink every product and gain little or lose (`bench_decode
-/// --device cpu --parts 1|2|4|16`, batch 32, 20 beams, on a 16-core host: t5-small 1.61 / 1.55 /
-/// 1.56 / 2.63 s per batch, tiny 0.280 / 0.230 / 0.214 / 0.239 s; on 2 cores, 2 parts:
-/// t5-small 5.9–6.4 → 5.3–5.4 s).
-pub const CPU_PARTS: usize = 2;
-
-/// The number of concurrent searches [`generate`] uses on `device`.
-pub fn default_parts(device: &Device) -> usize {
-    if device.is_cpu() {
-        CPU_PARTS.min(rayon::current_num_threads())
-    } else {
-        1
-    }
-}
-
-/// [`generate`] over `parts` contiguous slices of the inputs (at most one per input), searched
-/// concurrently on the rayon pool and returned in input order. Inputs never interact in a beam
-/// search, so the hypotheses are those of one search over all inputs; scores differ only by
-/// float rounding.
-///
-/// Why split on a CPU: one search alternates multi-threaded matrix products with single-threaded
-/// work (the search's own bookkeeping, small attention products, element-wise steps), during
-/// which the other cores wait. Independent searches keep every core busy, and their matrix
-/// products still share idle cores through rayon (t5-small, batch 32, 20 beams, 2 cores:
-/// 6.1–6.3 s per batch in one search, 5.0–5.2 s in two; `bench_decode`).
-pub fn generate_in_parts(
-    model: &T5ForRec,
-    encoder_out: &Tensor,
-    encoder_mask: &Tensor,
-    cfg: &BeamConfig,
-    constraint: &Constraint,
-    parts: usize,
-) -> Result<Vec<Vec<Hypothesis>>, PeapodError> {
+    let parts = policy.decode_parts_on(model.device().is_cpu());
     let batch = encoder_out.dim(0)?;
     if let Constraint::PerInput(tries) = constraint {
         if tries.len() != batch {
@@ -119,7 +97,9 @@ pub fn generate_in_parts(
         };
         let enc = encoder_out.narrow(0, inputs.start, inputs.len())?;
         let mask = encoder_mask.narrow(0, inputs.start, inputs.len())?;
-        let mut decoder = T5Decoder::new(model).with_packed(packed.clone());
+        let mut decoder = T5Decoder::new(model)
+            .with_packed(packed.clone())
+            .with_group_bytes(policy.decode_group_bytes);
         let state = decoder.start(&enc, &mask, cfg.num_beams)?;
         Ok(beam_search(
             &mut decoder,
@@ -141,16 +121,6 @@ pub fn generate_in_parts(
     }
     Ok(all)
 }
-
-/// Upper bound on one decoder call's log-probability matrix: the batch is decoded in groups of
-/// inputs below this size, and groups whose inputs have all finished are skipped. Fewer, larger
-/// calls win since the logits are written straight into the search's buffer (no per-step
-/// allocation of an 82 MB matrix): measured with `bench_decode --group-mib`, batch 32 at 20
-/// beams, tiny 1.79 / 1.28 / 1.16 s per batch at 8 / 32 / 96 MiB, t5-small 10.2 / 7.7 / 7.2 s.
-/// The default holds that whole batch in one group. (Splitting only the projection into
-/// cache-sized row chunks was slower still: each gemm call repacks the 32,128 × d embedding,
-/// 2.42 / 1.48 / 1.22 / 1.16 s at 2 / 8 / 32 / 128 MiB chunks, tiny.)
-const GROUP_BYTES: usize = 128 << 20;
 
 /// A [`StepModel`] over a [`T5ForRec`]: what [`generate`] uses, exposed for callers that drive
 /// [`beam_search`] themselves.
@@ -199,7 +169,7 @@ impl<'a> T5Decoder<'a> {
     pub fn new(model: &'a T5ForRec) -> Self {
         Self {
             model,
-            group_bytes: GROUP_BYTES,
+            group_bytes: DECODE_GROUP_BYTES,
             packed: None,
             tokens: Vec::new(),
         }
@@ -420,7 +390,23 @@ mod tests {
     use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, PrefixTrie};
     use peapod_t5_rec::{T5Config, T5ForRec};
 
-    use super::{generate, generate_in_parts, T5Decoder};
+    use super::{generate, CpuPolicy, T5Decoder};
+
+    /// `generate` with `parts` concurrent searches.
+    fn generate_in_parts(
+        model: &T5ForRec,
+        enc: &Tensor,
+        mask: &Tensor,
+        cfg: &BeamConfig,
+        constraint: &Constraint,
+        parts: usize,
+    ) -> Result<Vec<Vec<Hypothesis>>, crate::PeapodError> {
+        let policy = CpuPolicy {
+            decode_parts: parts,
+            ..CpuPolicy::default()
+        };
+        generate(model, enc, mask, cfg, constraint, &policy)
+    }
 
     const VOCAB: usize = 64;
 
@@ -529,7 +515,15 @@ mod tests {
         let model = model(1);
         let (enc, mask) = encoded(&model, 4);
         let cfg = BeamConfig::t5(1, 1, 8);
-        let got = generate(&model, &enc, &mask, &cfg, &Constraint::None).unwrap();
+        let got = generate(
+            &model,
+            &enc,
+            &mask,
+            &cfg,
+            &Constraint::None,
+            &CpuPolicy::default(),
+        )
+        .unwrap();
         assert_eq!(got.len(), 4);
         for (b, hyps) in got.iter().enumerate() {
             let mut greedy: Vec<u32> = Vec::new();
@@ -555,7 +549,15 @@ mod tests {
         let (enc, mask) = encoded(&model, 3);
         let mut cfg = BeamConfig::t5(5, 5, 6);
         cfg.length_penalty = 0.7;
-        let got = generate(&model, &enc, &mask, &cfg, &Constraint::None).unwrap();
+        let got = generate(
+            &model,
+            &enc,
+            &mask,
+            &cfg,
+            &Constraint::None,
+            &CpuPolicy::default(),
+        )
+        .unwrap();
         let mut two_per_group = T5Decoder::new(&model).with_group_bytes(2 * 5 * VOCAB * 4);
         let state = two_per_group.start(&enc, &mask, cfg.num_beams).unwrap();
         let grouped = beam_search(&mut two_per_group, state, 3, &cfg, &Constraint::None).unwrap();
@@ -606,7 +608,15 @@ mod tests {
         let mut cfg = BeamConfig::t5(6, 6, 5);
         cfg.length_penalty = 0.5;
         let constraint = Constraint::PerInput(tries);
-        let got = generate(&model, &enc, &mask, &cfg, &constraint).unwrap();
+        let got = generate(
+            &model,
+            &enc,
+            &mask,
+            &cfg,
+            &constraint,
+            &CpuPolicy::default(),
+        )
+        .unwrap();
         // One input per decoder group: finished groups are skipped, results are the same.
         let mut one_per_group = T5Decoder::new(&model).with_group_bytes(1);
         let state = one_per_group.start(&enc, &mask, cfg.num_beams).unwrap();
@@ -674,7 +684,15 @@ mod tests {
             .collect();
         let trie = Arc::new(PrefixTrie::new(items.clone(), 1).unwrap());
         let cfg = BeamConfig::t5(4, 4, 6);
-        let got = generate(&model, &enc, &mask, &cfg, &Constraint::Shared(trie)).unwrap();
+        let got = generate(
+            &model,
+            &enc,
+            &mask,
+            &cfg,
+            &Constraint::Shared(trie),
+            &CpuPolicy::default(),
+        )
+        .unwrap();
         for hyps in &got {
             assert_eq!(hyps.len(), 4);
             for (i, h) in hyps.iter().enumerate() {

@@ -108,7 +108,14 @@ pub fn rank_items(
         let tensors = BatchTensors::from_batch(&batch, model.device())?;
         let (enc, mask) = model.encode(&tensors)?;
         let constraint = constraint.for_chunk(tokenizer, chunk)?;
-        let hyps = generate(model.t5(), &enc, &mask, &beam, &constraint)?;
+        let hyps = generate(
+            model.t5(),
+            &enc,
+            &mask,
+            &beam,
+            &constraint,
+            model.cpu_policy(),
+        )?;
         for h in hyps {
             lists.push(
                 h.iter()
@@ -294,7 +301,14 @@ pub fn generate_explanations(
         let batch = Batch::from_examples(tokenizer, chunk)?;
         let tensors = BatchTensors::from_batch(&batch, model.device())?;
         let (enc, mask) = model.encode(&tensors)?;
-        for h in generate(model.t5(), &enc, &mask, &beam, &Constraint::None)? {
+        for h in generate(
+            model.t5(),
+            &enc,
+            &mask,
+            &beam,
+            &Constraint::None,
+            model.cpu_policy(),
+        )? {
             let tokens = h.first().map(|h| h.tokens.as_slice()).unwrap_or(&[]);
             out.push(tokenizer.decode(tokens)?);
         }

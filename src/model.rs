@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use peapod_datasets::Batch;
+use peapod_kernels::CpuPolicy;
 use peapod_prompt::{
     prepend_prompts, NeighbourLists, PromptComposer, QueryTable, SimilarUserPrompt,
     SimilarUserPromptConfig, TaskPrompt, TaskPromptConfig, UserPrompt, UserPromptConfig,
@@ -184,6 +185,7 @@ pub struct PeaPod {
     user_prompt: Option<UserPrompt>,
     similar_prompt: Option<SimilarUserPrompt>,
     device: Device,
+    cpu_policy: CpuPolicy,
 }
 
 impl PeaPod {
@@ -257,6 +259,7 @@ impl PeaPod {
             user_prompt,
             similar_prompt,
             device: device.clone(),
+            cpu_policy: CpuPolicy::default(),
         })
     }
 
@@ -376,10 +379,22 @@ impl PeaPod {
             .forward_loss(&embeds, &mask, &batch.target_ids, &batch.target_mask, train)?)
     }
 
+    /// How inference uses the CPU (concurrent encoder pieces and searches): the measured
+    /// defaults unless [`PeaPod::set_cpu_policy`] changed them.
+    pub fn cpu_policy(&self) -> &CpuPolicy {
+        &self.cpu_policy
+    }
+
+    /// Sets how inference uses the CPU; results only change by float rounding.
+    pub fn set_cpu_policy(&mut self, policy: CpuPolicy) {
+        self.cpu_policy = policy;
+    }
+
     /// Encoder states and mask, for decoding.
     pub fn encode(&self, batch: &BatchTensors) -> Result<(Tensor, Tensor), PeapodError> {
         let (embeds, mask) = self.encoder_input(batch)?;
-        let out = self.t5.encode(&embeds, &mask, false)?;
+        let parts = self.cpu_policy.encode_parts_on(self.device.is_cpu());
+        let out = self.t5.encode_in_parts(&embeds, &mask, parts)?;
         Ok((out, mask))
     }
 }

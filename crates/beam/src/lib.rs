@@ -54,12 +54,23 @@
 
 mod error;
 mod search;
-mod simd;
-mod softmax;
 mod topk;
 mod trie;
 
 pub use error::BeamError;
+pub use peapod_kernels::rows::{exp_non_positive, log_sum_exp};
 pub use search::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, StepScores};
-pub use softmax::{exp_non_positive, log_softmax_rows_in_place, log_sum_exp};
+
+/// Turns each row of `values` (row-major, `width` columns, e.g. raw logits of shape
+/// rows × vocab) into log-probabilities in place: `x - max - ln Σ exp(x - max)`. A row that is
+/// entirely `-inf` (fully masked) is left as is. Errors when `values.len()` is not a multiple of
+/// `width`. (The row scan itself is `peapod_kernels::rows`'s, shared with the fused ops.)
+pub fn log_softmax_rows_in_place(values: &mut [f32], width: usize) -> Result<(), BeamError> {
+    peapod_kernels::rows::log_softmax_rows_in_place(values, width).map_err(|e| {
+        BeamError::RaggedRows {
+            len: e.len,
+            width: e.width,
+        }
+    })
+}
 pub use trie::PrefixTrie;

@@ -2,10 +2,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::softmax::log_sum_exp;
 use crate::topk::{Candidate, TopK};
 use crate::trie::{PrefixTrie, ROOT};
 use crate::BeamError;
+use peapod_kernels::rows::log_sum_exp;
 
 /// A decoder that scores next tokens for a batch of hypotheses: the only thing the search needs
 /// from a model.

@@ -93,7 +93,7 @@ impl TopK {
         shift: f32,
         row: u32,
     ) {
-        crate::simd::dispatch!(
+        peapod_kernels::dispatch!(
             offer_segment_avx2(self, values, first_token, beam_score, shift, row),
             offer_segment(self, values, first_token, beam_score, shift, row)
         )
@@ -149,7 +149,7 @@ impl TopK {
     }
 }
 
-crate::simd::avx2_variant!(
+peapod_kernels::avx2_variant!(
     fn offer_segment_avx2(
         topk: &mut TopK,
         values: &[f32],

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 pub enum T5Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Kernel(#[from] peapod_kernels::KernelError),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,

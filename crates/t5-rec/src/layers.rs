@@ -1,10 +1,11 @@
-//! The building blocks of T5, written with plain differentiable tensor ops (candle-nn's fused
-//! softmax / rms-norm kernels have no backward pass).
+//! The building blocks of T5. Softmax, RMS norm, linear layers and the loss are ops of
+//! `peapod-kernels`, which choose their device path themselves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
+use peapod_kernels::ops;
 
 use crate::config::T5Config;
 use crate::error::{Result, T5Error};
@@ -13,8 +14,7 @@ use crate::error::{Result, T5Error};
 /// stays a uniform softmax instead of NaN.
 pub(crate) const MASK_BIAS: f64 = -1e9;
 
-/// A bias-free linear layer whose input is flattened to 2-D before the matmul: candle's
-/// broadcast matmul would materialise one weight gradient per batch row in backward.
+/// A bias-free linear layer.
 #[derive(Clone, Debug)]
 pub(crate) struct Linear {
     /// (out, in), as in PyTorch.
@@ -28,16 +28,7 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = crate::fused::linear(x, &self.weight)? {
-            return Ok(y);
-        }
-        let dims = x.dims();
-        let d_in = dims[dims.len() - 1];
-        let rows = x.elem_count() / d_in.max(1);
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
-        let mut out_dims = dims[..dims.len() - 1].to_vec();
-        out_dims.push(self.weight.dim(0)?);
-        Ok(y.reshape(out_dims)?)
+        Ok(ops::linear(x, &self.weight)?)
     }
 }
 
@@ -55,12 +46,7 @@ impl RmsNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = crate::fused::rms_norm(x, &self.weight, self.eps)? {
-            return Ok(y);
-        }
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(x.broadcast_mul(&self.weight)?)
+        Ok(ops::rms_norm(x, &self.weight, self.eps)?)
     }
 
     /// Fused kernel, no backward: for incremental decoding only.
@@ -326,7 +312,7 @@ impl Attention {
         let k = self.split_heads(&self.k.forward(kv_input)?)?;
         let v = self.split_heads(&self.v.forward(kv_input)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let weights = crate::fused::softmax_last_dim(&scores)?;
+        let weights = ops::softmax_last_dim(&scores)?;
         let weights = dropout.forward(&weights, train)?;
         let ctx = weights
             .matmul(&v)?

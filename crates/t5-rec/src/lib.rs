@@ -44,23 +44,16 @@
 
 mod config;
 mod error;
-mod fused;
 mod init;
 mod layers;
-mod memory;
 mod model;
-pub mod optim;
-mod packed;
-mod threads;
 mod weights;
 
 pub use config::T5Config;
 pub use error::{Result, T5Error};
 pub use init::parameter_names;
 pub use layers::relative_position_bucket;
-pub use memory::retain_freed_memory;
 pub use model::{DecoderState, PackedDecoder, T5ForRec, WHOLE_WORD_EMBEDDINGS};
-pub use threads::{limit_worker_spinning, WORKER_SPIN_LIMIT};
 #[cfg(feature = "hub")]
 pub use weights::download_from_hub;
 pub use weights::{load_weights, save_checkpoint, HubFiles, LoadOptions, LoadReport};

@@ -1,6 +1,8 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
+use peapod_kernels::ops;
+use peapod_kernels::runtime::even_slices;
 use rayon::prelude::*;
 
 use crate::config::T5Config;
@@ -282,23 +284,37 @@ impl T5ForRec {
                 self.cfg.d_model
             )));
         }
-        // Inference on the CPU: halves of the batch encoded concurrently, so that one half's
-        // single-threaded stretches (attention's small products, element-wise passes) overlap
-        // the other's matrix products (batch 32 × 40 tokens, t5-small, 2 cores: 0.55–0.60 s →
-        // 0.41–0.48 s per batch in one sitting).
-        if !train && b >= 2 && self.device.is_cpu() && rayon::current_num_threads() >= 2 {
-            let half = b / 2;
-            let rows = |start: usize, len: usize| {
-                self.encode_rows(
-                    &input_embeds.narrow(0, start, len)?,
-                    &attention_mask.narrow(0, start, len)?,
+        self.encode_rows(input_embeds, attention_mask, train)
+    }
+
+    /// [`T5ForRec::encode`] at inference (no dropout), with the batch split into `parts`
+    /// pieces encoded concurrently on the CPU (elsewhere, or with `parts` ≤ 1, one pass): one
+    /// piece's single-threaded stretches (attention's small products, element-wise passes)
+    /// overlap another's matrix products. Each input is encoded exactly as alone. The count
+    /// comes from the program's policy (`peapod_kernels::CpuPolicy::encode_parts_on`).
+    pub fn encode_in_parts(
+        &self,
+        input_embeds: &Tensor,
+        attention_mask: &Tensor,
+        parts: usize,
+    ) -> Result<Tensor> {
+        let b = input_embeds.dim(0)?;
+        let parts = parts.min(b);
+        if parts <= 1 || !self.device.is_cpu() {
+            return self.encode(input_embeds, attention_mask, false);
+        }
+        let pieces: Vec<Result<Tensor>> = even_slices(b, parts)
+            .into_par_iter()
+            .map(|r| {
+                self.encode(
+                    &input_embeds.narrow(0, r.start, r.len())?,
+                    &attention_mask.narrow(0, r.start, r.len())?,
                     false,
                 )
-            };
-            let (first, second) = rayon::join(|| rows(0, half), || rows(half, b - half));
-            return Ok(Tensor::cat(&[first?, second?], 0)?);
-        }
-        self.encode_rows(input_embeds, attention_mask, train)
+            })
+            .collect();
+        let pieces = pieces.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&pieces, 0)?)
     }
 
     /// [`T5ForRec::encode`] of the whole batch in one pass.
@@ -422,9 +438,8 @@ impl T5ForRec {
     /// row-major into `out` (exactly N·V values), for callers that own the buffer the logits
     /// end up in (beam search).
     ///
-    /// Why: at 20 beams × 32 inputs the logits are 82 MB per step. On the CPU the product is
-    /// written straight into `out` by one gemm call: no allocation, zeroing or copy of that
-    /// matrix. Elsewhere the logits are computed as usual and copied to the host.
+    /// At 20 beams × 32 inputs the logits are 82 MB per step: the kernel writes them straight
+    /// into `out` on the CPU (see `peapod_kernels::ops::linear_into`).
     pub fn project_to_vocab_into(&self, hidden: &Tensor, out: &mut [f32]) -> Result<()> {
         let d = self.cfg.d_model;
         let v = self.cfg.vocab_size;
@@ -435,43 +450,8 @@ impl T5ForRec {
                 out.len()
             )));
         }
-        let rows = hidden.elem_count() / d;
         let (weight, scale) = self.output_embedding();
-        let hidden = hidden.reshape((rows, d))?.contiguous()?;
-        if rows > 0
-            && hidden.device().is_cpu()
-            && hidden.dtype() == DType::F32
-            && weight.dtype() == DType::F32
-        {
-            let (h_storage, h_layout) = hidden.storage_and_layout();
-            let (w_storage, w_layout) = weight.storage_and_layout();
-            if let (candle_core::Storage::Cpu(h), candle_core::Storage::Cpu(w)) =
-                (&*h_storage, &*w_storage)
-            {
-                let h = crate::fused::contiguous_f32(h, h_layout, "project_to_vocab_into")?;
-                let w = crate::fused::contiguous_f32(w, w_layout, "project_to_vocab_into")?;
-                if h.len() == rows * d && w.len() == v * d {
-                    // out (rows×V) = scale · h (rows×d) · wᵀ; wᵀ is w read with swapped strides.
-                    // SAFETY: the slices' lengths were checked against the dimensions and
-                    // strides passed, and `out` does not alias the inputs (a unique borrow).
-                    unsafe {
-                        crate::fused::gemm_into(
-                            out,
-                            (rows, v, d),
-                            h,
-                            (d, 1),
-                            w,
-                            (1, d),
-                            scale.unwrap_or(1.0) as f32,
-                        );
-                    }
-                    return Ok(());
-                }
-            }
-        }
-        let logits = self.project_to_vocab(&hidden)?.to_dtype(DType::F32)?;
-        out.copy_from_slice(&logits.flatten_all()?.to_vec1::<f32>()?);
-        Ok(())
+        Ok(ops::linear_into(hidden, weight, scale.unwrap_or(1.0), out)?)
     }
 
     /// Teacher-forced decoding: logits (B×S×V) for every position (causal self-attention).
@@ -578,5 +558,5 @@ fn kept_rows(mask: &Tensor) -> Result<Vec<u32>> {
 /// Mean of −log softmax(logits)[target] over rows (N×V logits, N targets).
 fn masked_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = at_least_f32(logits)?;
-    Ok(crate::fused::nll_rows(&logits, targets)?.mean_all()?)
+    Ok(ops::nll_rows(&logits, targets)?.mean_all()?)
 }

@@ -298,7 +298,8 @@ fn packed_weights_decode_like_the_models_own_products() -> anyhow::Result<()> {
 
 #[test]
 fn encoding_a_batch_matches_encoding_each_input_alone() -> anyhow::Result<()> {
-    // Inference batches are encoded in concurrent halves on the CPU; single inputs in one pass.
+    // Inference batches may be encoded in concurrent pieces on the CPU; each input must come out
+    // as if encoded alone, whatever the number of pieces.
     let cfg = small_config("relu", true);
     let (_vm, model) = common::build_seeded(&cfg, 51)?;
     let (b, t) = (5, 6);
@@ -307,12 +308,14 @@ fn encoding_a_batch_matches_encoding_each_input_alone() -> anyhow::Result<()> {
     mask_rows[3][4..].iter_mut().for_each(|m| *m = 0);
     let mask = tensor2(&mask_rows)?;
     let embeds = model.embed_tokens(&input)?;
-    let batch = model.encode(&embeds, &mask, false)?;
-    assert_eq!(batch.dims(), &[b, t, cfg.d_model]);
-    for i in 0..b {
-        let alone = model.encode(&embeds.narrow(0, i, 1)?, &mask.narrow(0, i, 1)?, false)?;
-        let diff = max_abs_diff(&alone, &batch.narrow(0, i, 1)?)?;
-        assert!(diff < 1e-5, "input {i}: {diff}");
+    for parts in [1, 2, 3, 9] {
+        let batch = model.encode_in_parts(&embeds, &mask, parts)?;
+        assert_eq!(batch.dims(), &[b, t, cfg.d_model]);
+        for i in 0..b {
+            let alone = model.encode(&embeds.narrow(0, i, 1)?, &mask.narrow(0, i, 1)?, false)?;
+            let diff = max_abs_diff(&alone, &batch.narrow(0, i, 1)?)?;
+            assert!(diff < 1e-5, "{parts} parts, input {i}: {diff}");
+        }
     }
     Ok(())
 }

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Storage, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use super::{at_least_f32, embedding, T5ForRec};
 use crate::error::{Result, T5Error};
-use crate::fused::{cached_attention, contiguous_f32};
 use crate::layers::{padding_bias, FeedForward, Linear};
-use crate::packed::PackedWeight;
+use peapod_kernels::ops::{cached_attention, with_cpu_f32};
+use peapod_kernels::PackedWeight;
 
 /// The decoder's state between [`T5ForRec::decode_step`] calls.
 ///
@@ -75,46 +75,10 @@ enum PackedFeedForward {
     },
 }
 
-/// Runs `f` on the values of `x` (made contiguous), which must be a CPU f32 tensor.
-fn with_cpu_f32<R>(x: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) if x.dtype() == DType::F32 => Ok(f(contiguous_f32(cpu, layout, what)?)),
-        _ => Err(T5Error::InvalidInput(format!(
-            "{what}: packed weights need CPU f32 tensors, not {:?} on {:?}",
-            x.dtype(),
-            x.device().location()
-        ))),
-    }
-}
-
-/// A weight matrix (out × in) packed.
-fn pack_matrix(w: &Tensor) -> Result<PackedWeight> {
-    let (n, k) = w.dims2()?;
-    with_cpu_f32(w, "pack_decoder", |values| {
-        PackedWeight::from_rows(values, n, k)
-    })
-}
-
-/// `x` (rows × in) times the packed weight: rows × out.
-fn packed_product(w: &PackedWeight, x: &Tensor) -> Result<Tensor> {
-    let k = w.in_features();
-    let rows = x.elem_count() / k.max(1);
-    if x.dims().last() != Some(&k) {
-        return Err(T5Error::InvalidInput(format!(
-            "packed product: input {:?} for a weight of {k} inputs",
-            x.dims()
-        )));
-    }
-    let out = with_cpu_f32(x, "packed product", |values| w.matmul(values, rows))?;
-    Ok(Tensor::from_vec(out, (rows, w.out_features()), x.device())?)
-}
-
 /// A decoder linear layer: through its packed copy when there is one.
 fn linear(l: &Linear, packed: Option<&PackedWeight>, x: &Tensor) -> Result<Tensor> {
     match packed {
-        Some(w) => packed_product(w, x),
+        Some(w) => Ok(w.forward(x)?),
         None => l.forward(x),
     }
 }
@@ -206,7 +170,7 @@ impl T5ForRec {
             return Ok(None);
         }
         let (output, scale) = self.output_embedding();
-        let pack_linear = |l: &Linear| pack_matrix(&l.weight);
+        let pack_linear = |l: &Linear| PackedWeight::from_tensor(&l.weight);
         let mut blocks = Vec::with_capacity(self.decoder.len());
         for block in &self.decoder {
             let (sa, ca) = (&block.self_attn, &block.cross_attn);
@@ -232,7 +196,7 @@ impl T5ForRec {
         }
         Ok(Some(Arc::new(PackedDecoder {
             blocks,
-            output: pack_matrix(output)?,
+            output: PackedWeight::from_tensor(output)?,
             output_scale: scale.unwrap_or(1.0) as f32,
             shapes: self.decoder_shapes(),
         })))
@@ -356,11 +320,11 @@ impl T5ForRec {
                 out.len()
             )));
         }
-        with_cpu_f32(hidden, "project_step_into", |values| {
+        Ok(with_cpu_f32(hidden, "project_step_into", |values| {
             packed
                 .output
                 .matmul_into(values, rows, out, packed.output_scale)
-        })
+        })?)
     }
 
     /// Feeds one token per row (`last_tokens`: B·beams u32; the decoder start token at step 0,
@@ -487,13 +451,11 @@ impl T5ForRec {
             let x = block.ff_norm.forward_inference(&h)?;
             let f = match pb.map(|p| &p.ff) {
                 None => block.ff.forward(&x, &self.dropout, false)?,
-                Some(PackedFeedForward::Relu { wi, wo }) => {
-                    packed_product(wo, &packed_product(wi, &x)?.relu()?)?
-                }
+                Some(PackedFeedForward::Relu { wi, wo }) => wo.forward(&wi.forward(&x)?.relu()?)?,
                 Some(PackedFeedForward::GatedGelu { wi_0, wi_1, wo }) => {
                     // As FeedForward::forward: gelu_new of one projection times the other.
-                    let g = packed_product(wi_0, &x)?.gelu()?;
-                    packed_product(wo, &g.mul(&packed_product(wi_1, &x)?)?)?
+                    let g = wi_0.forward(&x)?.gelu()?;
+                    wo.forward(&g.mul(&wi_1.forward(&x)?)?)?
                 }
             };
             h = (h + f)?;

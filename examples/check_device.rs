@@ -5,7 +5,7 @@
 //! Prints one JSON line and exits non-zero when a relative difference exceeds `--tolerance`.
 //!
 //! ```text
-//! scripts/build_cuda.sh -p peapod-t5-rec --example check_device
+//! scripts/build_cuda.sh --example check_device
 //! check_device --device cuda [--config tiny|t5-small] [--steps 20] [--tolerance 1e-3]
 //! ```
 
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use peapod_t5_rec::optim::{AdamW, AdamWConfig};
+use peapod::optim::{AdamW, AdamWConfig};
 use peapod_t5_rec::{T5Config, T5ForRec};
 
 /// Host copies of everything compared.

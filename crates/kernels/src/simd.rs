@@ -11,12 +11,13 @@
 /// Whether the CPU supports AVX2 (cached by `std` after the first query).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub(crate) fn has_avx2() -> bool {
+pub fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
 }
 
 /// `dispatch!(variant(args), portable_expr)`: calls the AVX2 variant when the CPU has AVX2,
 /// otherwise evaluates the portable expression; either way the value is the macro's.
+#[macro_export]
 macro_rules! dispatch {
     ($avx2:ident($($arg:expr),*), $portable:expr) => {{
         #[cfg(target_arch = "x86_64")]
@@ -35,6 +36,7 @@ macro_rules! dispatch {
 
 /// `avx2_variant!(fn name(args) -> R = body_fn)`: defines `name`, an AVX2 build of `body_fn`
 /// (which must be `#[inline(always)]`, as must everything it calls in its loops).
+#[macro_export]
 macro_rules! avx2_variant {
     (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path) => {
         #[cfg(target_arch = "x86_64")]
@@ -44,6 +46,3 @@ macro_rules! avx2_variant {
         }
     };
 }
-
-pub(crate) use avx2_variant;
-pub(crate) use dispatch;

@@ -29,7 +29,7 @@ const PARALLEL_MACS: usize = 1 << 18;
 /// An `n × k` weight (row-major, PyTorch's `out × in` layout) packed for `x · Wᵀ`: panels of
 /// [`NR`] weight rows, each stored depth-major (for depth `kk`, the panel's 16 values in a row),
 /// the last panel padded with zeros.
-pub(crate) struct PackedWeight {
+pub struct PackedWeight {
     n: usize,
     k: usize,
     panels: Vec<f32>,
@@ -43,7 +43,7 @@ impl fmt::Debug for PackedWeight {
 
 impl PackedWeight {
     /// Packs `w` (`n × k`, row-major).
-    pub(crate) fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
+    pub fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "PackedWeight::from_rows: {n} × {k} weight");
         let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
         if panels.is_empty() {
@@ -64,17 +64,17 @@ impl PackedWeight {
     }
 
     /// Output features (weight rows).
-    pub(crate) fn out_features(&self) -> usize {
+    pub fn out_features(&self) -> usize {
         self.n
     }
 
     /// Input features (weight columns).
-    pub(crate) fn in_features(&self) -> usize {
+    pub fn in_features(&self) -> usize {
         self.k
     }
 
     /// `out` (m × n, row-major) = `scale` · `x` (m × k, row-major) · Wᵀ, every element written.
-    pub(crate) fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], scale: f32) {
+    pub fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], scale: f32) {
         assert_eq!(
             out.len(),
             m * self.n,
@@ -87,7 +87,7 @@ impl PackedWeight {
 
     /// `x` (m × k, row-major) · Wᵀ as a new m × n row-major vector (never zero-filled first:
     /// every element is written once by the product).
-    pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let len = m * self.n;
         let mut out = Vec::with_capacity(len);
         // SAFETY: the capacity holds m × n values; `product` writes each of them (reading one
@@ -347,6 +347,46 @@ unsafe fn tile_fma<const ROWS: usize>(
     }
 }
 
+#[cfg(feature = "candle")]
+mod tensors {
+    use candle_core::Tensor;
+
+    use super::PackedWeight;
+    use crate::error::{KernelError, Result};
+    use crate::ops::with_cpu_f32;
+
+    impl PackedWeight {
+        /// Packs a CPU f32 weight matrix (out × in, PyTorch's layout); an error for any other
+        /// device or dtype.
+        pub fn from_tensor(w: &Tensor) -> Result<Self> {
+            let (n, k) = w.dims2()?;
+            with_cpu_f32(w, "PackedWeight::from_tensor", |values| {
+                Self::from_rows(values, n, k)
+            })
+        }
+
+        /// `x` (… × in, CPU f32) times the packed weight's transpose: rows × out.
+        pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            let k = self.in_features();
+            if x.dims().last() != Some(&k) {
+                return Err(KernelError::invalid(
+                    "PackedWeight::forward",
+                    format!("input {:?} for a weight of {k} inputs", x.dims()),
+                ));
+            }
+            let rows = x.elem_count() / k.max(1);
+            let out = with_cpu_f32(x, "PackedWeight::forward", |values| {
+                self.matmul(values, rows)
+            })?;
+            Ok(Tensor::from_vec(
+                out,
+                (rows, self.out_features()),
+                x.device(),
+            )?)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,7 +408,9 @@ mod tests {
         let mut s = seed;
         (0..len)
             .map(|_| {
-                s = crate::layers::splitmix64(s);
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()

@@ -2,14 +2,14 @@
 //!
 //! candle-nn's `AdamW` keeps its moments private, so a resumed run could not continue with the
 //! same optimizer state and would end with different weights. This one exposes its state as named
-//! tensors. On the CPU it updates each parameter in place in one fused pass (candle's version
-//! allocates about ten temporaries per parameter per step, which dominates small models).
+//! tensors. On the CPU it updates each parameter in place in one fused pass
+//! (`peapod_kernels::ops::adamw_step_in_place`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
+use peapod_kernels::ops::{adamw_step_in_place, AdamWStep};
 use serde::{Deserialize, Serialize};
 
 /// AdamW hyper-parameters (decoupled weight decay, as in Loshchilov & Hutter and PyTorch).
@@ -120,7 +120,7 @@ impl AdamW {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
-        let hyper = Hyper {
+        let hyper = AdamWStep {
             lr: c.lr as f32,
             beta1: c.beta1 as f32,
             beta2: c.beta2 as f32,
@@ -136,12 +136,8 @@ impl AdamW {
             };
             match &mut slot.moments {
                 Moments::Host { m, v } => {
-                    let grad = grad.contiguous()?;
-                    let op = FusedAdamW {
-                        hyper,
-                        moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
-                    };
-                    slot.var.as_tensor().inplace_op2(&grad, &op)?;
+                    adamw_step_in_place(slot.var.as_tensor(), grad, m, v, &hyper)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 }
                 Moments::Device { m, v } => {
                     let g = (grad * hyper.clip as f64)?;
@@ -234,77 +230,6 @@ fn zero_moments(var: &Var) -> candle_core::Result<Moments> {
     } else {
         let z = var.zeros_like()?;
         Ok(Moments::Device { m: z.clone(), v: z })
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Hyper {
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    decay: f32,
-    bias1: f32,
-    bias2: f32,
-    clip: f32,
-}
-
-struct FusedAdamW<'a> {
-    hyper: Hyper,
-    moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
-}
-
-impl candle_core::InplaceOp2 for FusedAdamW<'_> {
-    fn name(&self) -> &'static str {
-        "fused-adamw"
-    }
-
-    fn cpu_fwd(
-        &self,
-        theta: &mut CpuStorage,
-        theta_layout: &Layout,
-        grad: &CpuStorage,
-        grad_layout: &Layout,
-    ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (theta, grad) else {
-            candle_core::bail!("fused-adamw: parameters and gradients must be f32");
-        };
-        let (Some((t0, t1)), Some((g0, g1))) = (
-            theta_layout.contiguous_offsets(),
-            grad_layout.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("fused-adamw: parameters and gradients must be contiguous");
-        };
-        let theta = &mut theta[t0..t1];
-        let grad = &grad[g0..g1];
-        let mut guard = self
-            .moments
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused-adamw: poisoned state".into()))?;
-        let (m, v) = &mut *guard;
-        if theta.len() != grad.len() || m.len() != theta.len() {
-            candle_core::bail!("fused-adamw: size mismatch");
-        }
-        let h = self.hyper;
-        use rayon::prelude::*;
-        const CHUNK: usize = 1 << 14;
-        theta
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((theta, grad), m), v)| {
-                for i in 0..theta.len() {
-                    let g = grad[i] * h.clip;
-                    let mi = h.beta1 * m[i] + (1.0 - h.beta1) * g;
-                    let vi = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
-                    m[i] = mi;
-                    v[i] = vi;
-                    let update = (mi / h.bias1) / ((vi / h.bias2).sqrt() + h.eps);
-                    theta[i] = theta[i] * h.decay - h.lr * update;
-                }
-            });
-        Ok(())
     }
 }
 

@@ -1,4 +1,10 @@
-use crate::BeamError;
+//! Row scans over f32 slices: log-sum-exp, in-place log-softmax and a vectorisable `exp`.
+//!
+//! Shared by the beam search (normalising and ranking a step's logits) and the fused ops
+//! (softmax, cross-entropy, attention). Plain Rust with no dependency, so that crates without
+//! candle can use them.
+
+use crate::error::RaggedRows;
 
 /// Turns each row of `values` (row-major, `width` columns, e.g. raw logits of shape
 /// rows × vocab) into log-probabilities in place: `x - max - ln Σ exp(x - max)`.
@@ -7,14 +13,14 @@ use crate::BeamError;
 /// not a multiple of `width`.
 // `usize::is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
 #[allow(clippy::manual_is_multiple_of)]
-pub fn log_softmax_rows_in_place(values: &mut [f32], width: usize) -> Result<(), BeamError> {
+pub fn log_softmax_rows_in_place(values: &mut [f32], width: usize) -> Result<(), RaggedRows> {
     if width == 0 || values.len() % width != 0 {
-        return Err(BeamError::RaggedRows {
+        return Err(RaggedRows {
             len: values.len(),
             width,
         });
     }
-    crate::simd::dispatch!(log_softmax_rows_avx2(values, width), {
+    crate::dispatch!(log_softmax_rows_avx2(values, width), {
         log_softmax_rows(values, width)
     });
     Ok(())
@@ -33,16 +39,16 @@ fn log_softmax_rows(values: &mut [f32], width: usize) {
     }
 }
 
-crate::simd::avx2_variant!(fn log_softmax_rows_avx2(values: &mut [f32], width: usize) = log_softmax_rows);
+crate::avx2_variant!(fn log_softmax_rows_avx2(values: &mut [f32], width: usize) = log_softmax_rows);
 
 /// ln Σ exp(x) over `row`, computed stably (max shift, f64 block sums); −∞ for an empty or
 /// fully −∞ row. Shared with training code that needs a row's normaliser without rewriting it
 /// (e.g. a fused cross-entropy).
 pub fn log_sum_exp(row: &[f32]) -> f32 {
-    crate::simd::dispatch!(log_sum_exp_avx2(row), log_sum_exp_portable(row))
+    crate::dispatch!(log_sum_exp_avx2(row), log_sum_exp_portable(row))
 }
 
-crate::simd::avx2_variant!(fn log_sum_exp_avx2(row: &[f32]) -> f32 = log_sum_exp_portable);
+crate::avx2_variant!(fn log_sum_exp_avx2(row: &[f32]) -> f32 = log_sum_exp_portable);
 
 /// [`log_sum_exp`] in plain Rust, inlined into each instruction-set variant.
 #[inline(always)]

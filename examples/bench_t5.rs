@@ -1,6 +1,6 @@
 //! Training-step benchmark: forward + backward + AdamW at batch 64, printed as JSON lines.
 //!
-//! cargo run --release -p peapod-t5-rec --example bench_t5 -- --config t5-small|tiny
+//! cargo run --release --example bench_t5 -- --config t5-small|tiny
 //!     [--case 40x6|420x6|20x20 ...] [--steps 3] [--batch 64] [--device cpu|cuda] [--parts N]
 //!
 //! On the CPU the batch is backpropagated in `--parts` concurrent slices
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use peapod_t5_rec::optim::{AdamW, AdamWConfig};
+use peapod::optim::{AdamW, AdamWConfig};
 use peapod_t5_rec::{T5Config, T5ForRec};
 
 fn peak_rss_mb() -> f64 {
@@ -43,8 +43,8 @@ fn pseudo_ids(rows: usize, cols: usize, hi: u32, seed: u64) -> Vec<u32> {
 fn main() -> anyhow::Result<()> {
     // Large tensors are freed and reallocated every step: keep them in the heap; and let
     // candle's idle workers sleep instead of spinning on cores the gemm needs.
-    peapod_t5_rec::retain_freed_memory();
-    peapod_t5_rec::limit_worker_spinning();
+    // Process-wide allocator and worker-pool settings, once, before any tensor exists.
+    peapod::CpuPolicy::default().apply_to_process();
     let args: Vec<String> = std::env::args().collect();
     let mut config = "tiny".to_string();
     let mut cases: Vec<(usize, usize)> = Vec::new();
