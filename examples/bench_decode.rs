@@ -165,9 +165,33 @@ fn main() -> Result<()> {
             line["inputs_with_same_list_as_cpu"] = same_lists.into();
             line["max_score_diff_vs_cpu"] = max_score_diff.into();
         }
+        // Fingerprints of the results, to check that a change of the code keeps them.
+        line["tokens_digest"] = format!("{:016x}", digest(&decoded, false)).into();
+        line["scores_digest"] = format!("{:016x}", digest(&decoded, true)).into();
         println!("{line}");
     }
     Ok(())
+}
+
+/// FNV-1a over every hypothesis's tokens in order (and, with `scores`, its score's bits).
+fn digest(decoded: &[Vec<Hypothesis>], scores: bool) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |x: u32| {
+        for b in x.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for list in decoded {
+        eat(list.len() as u32);
+        for hyp in list {
+            eat(hyp.tokens.len() as u32);
+            hyp.tokens.iter().for_each(|&t| eat(t));
+            if scores {
+                eat(hyp.score.to_bits());
+            }
+        }
+    }
+    h
 }
 
 /// Full-length inputs of ids spread over the vocabulary (none is padding or EOS).

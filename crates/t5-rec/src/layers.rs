@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
-use peapod_kernels::ops;
+use peapod_kernels::{ops, PackedWeight};
 
 use crate::config::T5Config;
 use crate::error::{Result, T5Error};
@@ -29,6 +29,15 @@ impl Linear {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(ops::linear(x, &self.weight)?)
+    }
+
+    /// Through `packed`, a copy of this layer's weight packed for CPU decoding, when given
+    /// (rows × out); through the weight itself otherwise.
+    pub(crate) fn forward_with(&self, x: &Tensor, packed: Option<&PackedWeight>) -> Result<Tensor> {
+        match packed {
+            Some(w) => Ok(w.forward(x)?),
+            None => self.forward(x),
+        }
     }
 }
 
@@ -360,19 +369,68 @@ impl FeedForward {
         dropout: &SeededDropout,
         train: bool,
     ) -> Result<Tensor> {
+        self.forward_with(x, dropout, train, None)
+    }
+
+    /// [`FeedForward::forward`], through packed copies of the weights when given (inference).
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        dropout: &SeededDropout,
+        train: bool,
+        packed: Option<&PackedFeedForward>,
+    ) -> Result<Tensor> {
+        let packed = packed.map(|p| &p.0);
+        let at = |i: usize| packed.and_then(|p| p.get(i));
         match self {
             Self::Relu { wi, wo } => {
-                let h = wi.forward(x)?.relu()?;
-                wo.forward(&dropout.forward(&h, train)?)
+                let h = wi.forward_with(x, at(0))?.relu()?;
+                wo.forward_with(&dropout.forward(&h, train)?, at(1))
             }
             Self::GatedGelu { wi_0, wi_1, wo } => {
                 // HF's "gated-gelu" uses gelu_new, the tanh approximation (candle's `gelu`).
-                let h = wi_0.forward(x)?.gelu()?.mul(&wi_1.forward(x)?)?;
-                wo.forward(&dropout.forward(&h, train)?)
+                let h = wi_0
+                    .forward_with(x, at(0))?
+                    .gelu()?
+                    .mul(&wi_1.forward_with(x, at(1))?)?;
+                wo.forward_with(&dropout.forward(&h, train)?, at(2))
             }
         }
     }
+
+    /// The layer's weights packed for CPU decoding, in the order `forward_with` reads them.
+    pub(crate) fn pack(&self) -> Result<PackedFeedForward> {
+        let linears: Vec<&Linear> = match self {
+            Self::Relu { wi, wo } => vec![wi, wo],
+            Self::GatedGelu { wi_0, wi_1, wo } => vec![wi_0, wi_1, wo],
+        };
+        Ok(PackedFeedForward(
+            linears
+                .into_iter()
+                .map(|l| PackedWeight::from_tensor(&l.weight))
+                .collect::<std::result::Result<_, _>>()?,
+        ))
+    }
+
+    /// Output × input features of each weight, in the order [`FeedForward::pack`] packs them.
+    pub(crate) fn shapes(&self) -> Vec<(usize, usize)> {
+        let linears: Vec<&Linear> = match self {
+            Self::Relu { wi, wo } => vec![wi, wo],
+            Self::GatedGelu { wi_0, wi_1, wo } => vec![wi_0, wi_1, wo],
+        };
+        linears
+            .iter()
+            .map(|l| {
+                let d = l.weight.dims();
+                (d[0], d[1])
+            })
+            .collect()
+    }
 }
+
+/// A feed-forward layer's weights packed for CPU decoding ([`FeedForward::pack`]).
+#[derive(Debug)]
+pub(crate) struct PackedFeedForward(Vec<PackedWeight>);
 
 /// `(B, T)` keep-mask (any dtype, 1 = keep) → additive `(B, 1, 1, T)` bias.
 pub(crate) fn padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {

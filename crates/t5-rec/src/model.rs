@@ -12,7 +12,11 @@ use crate::layers::{
     RelativeBias, RmsNorm, SeededDropout,
 };
 
+mod cache;
+mod decoder;
 mod decoding;
+
+use decoder::{DecoderBlock, DecoderPass};
 
 pub use decoding::{DecoderState, PackedDecoder};
 
@@ -23,16 +27,6 @@ pub const WHOLE_WORD_EMBEDDINGS: &str = "whole_word_embeddings.weight";
 struct EncoderBlock {
     self_norm: RmsNorm,
     self_attn: Attention,
-    ff_norm: RmsNorm,
-    ff: FeedForward,
-}
-
-#[derive(Clone, Debug)]
-struct DecoderBlock {
-    self_norm: RmsNorm,
-    self_attn: Attention,
-    cross_norm: RmsNorm,
-    cross_attn: Attention,
     ff_norm: RmsNorm,
     ff: FeedForward,
 }
@@ -367,42 +361,23 @@ impl T5ForRec {
                 encoder_mask.dims()
             )));
         }
-        let group = rows / inputs;
         let self_bias = self
             .decoder_bias
             .forward(s, s, 0)?
             .to_dtype(self.dtype)?
             .broadcast_add(&causal_bias(s, self.dtype, &self.device)?)?;
         let cross_bias = padding_bias(encoder_mask, self.dtype)?;
+        let mut pass = DecoderPass::Sequence {
+            self_bias: &self_bias,
+            encoder_out,
+            cross_bias: &cross_bias,
+            group: rows / inputs,
+            train,
+        };
         let drop = &self.dropout;
         let mut h = drop.forward(&self.embed_tokens(decoder_input_ids)?, train)?;
-        for block in &self.decoder {
-            let a = block.self_attn.forward(
-                &block.self_norm.forward(&h)?,
-                None,
-                &self_bias,
-                drop,
-                train,
-            )?;
-            h = (h + drop.forward(&a, train)?)?;
-            let normed = block.cross_norm.forward(&h)?;
-            let c = if group == 1 {
-                block
-                    .cross_attn
-                    .forward(&normed, Some(encoder_out), &cross_bias, drop, train)?
-            } else {
-                // Cross-attention has no position bias, so an input's G rows can attend as
-                // one sequence of G·S queries.
-                let d = self.cfg.d_model;
-                let grouped = normed.reshape((inputs, group * s, d))?;
-                block
-                    .cross_attn
-                    .forward(&grouped, Some(encoder_out), &cross_bias, drop, train)?
-                    .reshape((rows, s, d))?
-            };
-            h = (h + drop.forward(&c, train)?)?;
-            let f = block.ff.forward(&block.ff_norm.forward(&h)?, drop, train)?;
-            h = (h + drop.forward(&f, train)?)?;
+        for (layer, block) in self.decoder.iter().enumerate() {
+            h = block.forward(layer, &h, &mut pass, drop)?;
         }
         drop.forward(&self.decoder_norm.forward(&h)?, train)
     }

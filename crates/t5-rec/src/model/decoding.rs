@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor, D};
 
+use peapod_kernels::ops::with_cpu_f32;
+use peapod_kernels::PackedWeight;
+
+use super::cache::{KvCache, StepRows};
+use super::decoder::{DecoderPass, PackedBlock};
 use super::{at_least_f32, embedding, T5ForRec};
 use crate::error::{Result, T5Error};
-use crate::layers::{padding_bias, FeedForward, Linear};
-use peapod_kernels::ops::{cached_attention, with_cpu_f32};
-use peapod_kernels::PackedWeight;
+use crate::layers::{padding_bias, Linear};
 
 /// The decoder's state between [`T5ForRec::decode_step`] calls.
 ///
@@ -25,7 +28,7 @@ pub struct DecoderState {
     /// (B, 1, 1, T) additive encoder padding bias.
     cross_bias: Tensor,
     /// Self-attention keys and values of the decoded positions.
-    self_kv: SelfCache,
+    cache: KvCache,
     /// The decoder's weights packed for the CPU (see [`PackedDecoder`]), if this state uses
     /// them.
     packed: Option<Arc<PackedDecoder>>,
@@ -49,54 +52,6 @@ pub struct PackedDecoder {
     /// The packing model's [`T5ForRec::decoder_shapes`]: what [`T5ForRec::start_decoding_with`]
     /// compares with its own.
     shapes: Vec<(usize, usize)>,
-}
-
-#[derive(Debug)]
-struct PackedBlock {
-    self_q: PackedWeight,
-    self_k: PackedWeight,
-    self_v: PackedWeight,
-    self_o: PackedWeight,
-    cross_q: PackedWeight,
-    cross_o: PackedWeight,
-    ff: PackedFeedForward,
-}
-
-#[derive(Debug)]
-enum PackedFeedForward {
-    Relu {
-        wi: PackedWeight,
-        wo: PackedWeight,
-    },
-    GatedGelu {
-        wi_0: PackedWeight,
-        wi_1: PackedWeight,
-        wo: PackedWeight,
-    },
-}
-
-/// A decoder linear layer: through its packed copy when there is one.
-fn linear(l: &Linear, packed: Option<&PackedWeight>, x: &Tensor) -> Result<Tensor> {
-    match packed {
-        Some(w) => Ok(w.forward(x)?),
-        None => l.forward(x),
-    }
-}
-
-/// The decoder's self-attention cache.
-#[derive(Clone, Debug)]
-enum SelfCache {
-    /// Per layer, (B·beams, H, step, d_kv), grown by concatenation and reordered by copying:
-    /// any device and dtype.
-    Dense(Vec<Option<(Tensor, Tensor)>>),
-    /// CPU f32: per layer and step, the keys and values that step computed (its rows × H·d_kv),
-    /// never copied again; per step, the row of that step each current row descends from.
-    /// Reordering beams permutes these indices instead of copying the cache (concatenating and
-    /// reordering the dense cache was ~15% of a t5-small decoding batch, on one thread).
-    Steps {
-        kv: Vec<Vec<(Tensor, Tensor)>>,
-        origin: Vec<Vec<u32>>,
-    },
 }
 
 impl DecoderState {
@@ -141,22 +96,7 @@ impl DecoderState {
                 (r / self.beams + 1) * self.beams
             )));
         }
-        match &mut self.self_kv {
-            SelfCache::Dense(layers) => {
-                let idx: Vec<u32> = beam_indices.iter().map(|&i| i as u32).collect();
-                let idx = Tensor::from_vec(idx, rows, self.cross_bias.device())?;
-                for entry in layers.iter_mut() {
-                    if let Some((k, v)) = entry {
-                        *entry = Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?));
-                    }
-                }
-            }
-            SelfCache::Steps { origin, .. } => {
-                for rows_of_step in origin.iter_mut() {
-                    *rows_of_step = beam_indices.iter().map(|&i| rows_of_step[i]).collect();
-                }
-            }
-        }
+        self.cache.reorder(beam_indices, self.cross_bias.device())?;
         Ok(())
     }
 }
@@ -170,28 +110,18 @@ impl T5ForRec {
             return Ok(None);
         }
         let (output, scale) = self.output_embedding();
-        let pack_linear = |l: &Linear| PackedWeight::from_tensor(&l.weight);
+        let pack = |l: &Linear| PackedWeight::from_tensor(&l.weight);
         let mut blocks = Vec::with_capacity(self.decoder.len());
         for block in &self.decoder {
             let (sa, ca) = (&block.self_attn, &block.cross_attn);
             blocks.push(PackedBlock {
-                self_q: pack_linear(&sa.q)?,
-                self_k: pack_linear(&sa.k)?,
-                self_v: pack_linear(&sa.v)?,
-                self_o: pack_linear(&sa.o)?,
-                cross_q: pack_linear(&ca.q)?,
-                cross_o: pack_linear(&ca.o)?,
-                ff: match &block.ff {
-                    FeedForward::Relu { wi, wo } => PackedFeedForward::Relu {
-                        wi: pack_linear(wi)?,
-                        wo: pack_linear(wo)?,
-                    },
-                    FeedForward::GatedGelu { wi_0, wi_1, wo } => PackedFeedForward::GatedGelu {
-                        wi_0: pack_linear(wi_0)?,
-                        wi_1: pack_linear(wi_1)?,
-                        wo: pack_linear(wo)?,
-                    },
-                },
+                self_q: pack(&sa.q)?,
+                self_k: pack(&sa.k)?,
+                self_v: pack(&sa.v)?,
+                self_o: pack(&sa.o)?,
+                cross_q: pack(&ca.q)?,
+                cross_o: pack(&ca.o)?,
+                ff: block.ff.pack()?,
             });
         }
         Ok(Some(Arc::new(PackedDecoder {
@@ -258,14 +188,11 @@ impl T5ForRec {
             step: 0,
             cross_kv,
             cross_bias: padding_bias(encoder_mask, self.dtype)?,
-            self_kv: if self.on_cpu_in_f32() {
-                SelfCache::Steps {
-                    kv: vec![Vec::new(); self.decoder.len()],
-                    origin: Vec::new(),
-                }
-            } else {
-                SelfCache::Dense(vec![None; self.decoder.len()])
-            },
+            cache: KvCache::new(
+                self.decoder.len(),
+                b * beams_per_input,
+                self.on_cpu_in_f32(),
+            ),
             packed,
         })
     }
@@ -278,7 +205,7 @@ impl T5ForRec {
     /// Output × input features of the matrices [`T5ForRec::pack_decoder`] packs, in order.
     fn decoder_shapes(&self) -> Vec<(usize, usize)> {
         let c = &self.cfg;
-        let (d, inner, ff) = (c.d_model, c.inner_dim(), c.d_ff);
+        let (d, inner) = (c.d_model, c.inner_dim());
         let mut shapes = Vec::new();
         for block in &self.decoder {
             shapes.extend([
@@ -289,10 +216,7 @@ impl T5ForRec {
                 (inner, d),
                 (d, inner),
             ]);
-            match &block.ff {
-                FeedForward::Relu { .. } => shapes.extend([(ff, d), (d, ff)]),
-                FeedForward::GatedGelu { .. } => shapes.extend([(ff, d), (ff, d), (d, ff)]),
-            }
+            shapes.extend(block.ff.shapes());
         }
         shapes.push((c.vocab_size, d));
         shapes
@@ -375,118 +299,31 @@ impl T5ForRec {
                 state.beams
             )));
         }
-        let heads = self.cfg.num_heads;
-        let dk = self.cfg.d_kv;
-        let mut h = embedding(&self.shared, &last_tokens.flatten_all()?)?;
-        let pos = self
+        let rows = if per_input {
+            StepRows::SpreadTo { beams: state.beams }
+        } else {
+            StepRows::Each
+        };
+        let position_bias = self
             .decoder_bias
             .forward(1, t + 1, t)?
             .to_dtype(self.dtype)?
             .contiguous()?;
-        // The rows computed now attend to this step's keys as they are.
-        let this_step: Vec<u32> = (0..n as u32).collect();
-        let pos_host = match &state.self_kv {
-            SelfCache::Steps { .. } => pos.flatten_all()?.to_vec1::<f32>()?,
-            SelfCache::Dense(_) => Vec::new(),
+        state.cache.begin_step(position_bias)?;
+        let mut pass = DecoderPass::Step {
+            cache: &mut state.cache,
+            cross_kv: &state.cross_kv,
+            cross_bias: &state.cross_bias,
+            group: beams,
+            rows,
+            packed: state.packed.as_deref().map(|p| p.blocks.as_slice()),
         };
-        let packed = state.packed.clone();
-        for (l, block) in self.decoder.iter().enumerate() {
-            let pb = packed.as_ref().map(|p| &p.blocks[l]);
-            let att = &block.self_attn;
-            let x = block.self_norm.forward_inference(&h)?;
-            let q = linear(&att.q, pb.map(|p| &p.self_q), &x)?;
-            let k = linear(&att.k, pb.map(|p| &p.self_k), &x)?;
-            let v = linear(&att.v, pb.map(|p| &p.self_v), &x)?;
-            let ctx = match &mut state.self_kv {
-                SelfCache::Steps { kv, origin } => {
-                    kv[l].push((k.contiguous()?, v.contiguous()?));
-                    let ctx = cached_attention(
-                        &q.contiguous()?,
-                        &kv[l],
-                        origin,
-                        &this_step,
-                        &pos_host,
-                        (heads, dk),
-                    )?;
-                    Tensor::from_vec(ctx, (n, heads * dk), &self.device)?
-                }
-                SelfCache::Dense(layers) => {
-                    let q = q.reshape((n, heads, 1, dk))?;
-                    let k = k.reshape((n, heads, 1, dk))?;
-                    let v = v.reshape((n, heads, 1, dk))?;
-                    let (k, v) = match &layers[l] {
-                        Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-                        None => (k, v),
-                    };
-                    // Other devices and dtypes: one batched product per step.
-                    let scores = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
-                    let ctx = candle_nn::ops::softmax_last_dim(&scores)?
-                        .matmul(&v)?
-                        .reshape((n, heads * dk))?;
-                    layers[l] = Some(if per_input {
-                        (repeat_rows(&k, state.beams)?, repeat_rows(&v, state.beams)?)
-                    } else {
-                        (k, v)
-                    });
-                    ctx
-                }
-            };
-            h = (h + linear(&att.o, pb.map(|p| &p.self_o), &ctx)?)?;
-
-            let ca = &block.cross_attn;
-            let x = block.cross_norm.forward_inference(&h)?;
-            // Beams become query positions of their input: the shared keys are never repeated.
-            let q = linear(&ca.q, pb.map(|p| &p.cross_q), &x)?
-                .reshape((b, beams, heads, dk))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let (ck, cv) = &state.cross_kv[l];
-            // Here each (input, head) is one 20 × d by d × T product: few enough calls that
-            // candle's batched gemm serves (a plain-loop version was no faster).
-            let scores = q.matmul(&ck.t()?)?.broadcast_add(&state.cross_bias)?;
-            let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(cv)?;
-            let ctx = ctx.transpose(1, 2)?.reshape((n, heads * dk))?;
-            h = (h + linear(&ca.o, pb.map(|p| &p.cross_o), &ctx)?)?;
-
-            let x = block.ff_norm.forward_inference(&h)?;
-            let f = match pb.map(|p| &p.ff) {
-                None => block.ff.forward(&x, &self.dropout, false)?,
-                Some(PackedFeedForward::Relu { wi, wo }) => wo.forward(&wi.forward(&x)?.relu()?)?,
-                Some(PackedFeedForward::GatedGelu { wi_0, wi_1, wo }) => {
-                    // As FeedForward::forward: gelu_new of one projection times the other.
-                    let g = wi_0.forward(&x)?.gelu()?;
-                    wo.forward(&g.mul(&wi_1.forward(&x)?)?)?
-                }
-            };
-            h = (h + f)?;
+        let mut h = embedding(&self.shared, &last_tokens.flatten_all()?)?;
+        for (layer, block) in self.decoder.iter().enumerate() {
+            h = block.forward(layer, &h, &mut pass, &self.dropout)?;
         }
-        let h = self.decoder_norm.forward_inference(&h)?;
-        let (all_rows, beams_per_input) = (state.rows(), state.beams);
-        if let SelfCache::Steps { origin, .. } = &mut state.self_kv {
-            // Every beam of an input descends from the input's single row of a per-input step.
-            origin.push(if per_input {
-                (0..all_rows)
-                    .map(|r| (r / beams_per_input) as u32)
-                    .collect()
-            } else {
-                this_step
-            });
-        }
+        state.cache.end_step(rows);
         state.step += 1;
-        Ok(h)
+        self.decoder_norm.forward_inference(&h)
     }
-}
-
-/// Each row of `x` (first dimension) `times` times in a row: rows r·times .. (r+1)·times of the
-/// result are copies of row r.
-fn repeat_rows(x: &Tensor, times: usize) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let rows = dims[0];
-    let mut wide = dims.clone();
-    wide.insert(1, times);
-    dims[0] = rows * times;
-    Ok(x.unsqueeze(1)?
-        .broadcast_as(wide)?
-        .contiguous()?
-        .reshape(dims)?)
 }
