@@ -50,9 +50,6 @@ struct Args {
     /// Decoder length limit counting the start token (HF's max_length): 11 = up to 10 tokens.
     #[arg(long, default_value_t = 11)]
     max_length: usize,
-    /// Size bound of one decoder group's log-probabilities (default: `CpuPolicy`'s, 128 MiB).
-    #[arg(long)]
-    group_mib: Option<usize>,
     /// Concurrent searches (and encoder pieces) on the CPU (default: `CpuPolicy`'s, 2).
     #[arg(long)]
     parts: Option<usize>,
@@ -72,9 +69,6 @@ fn main() -> Result<()> {
     if let Some(parts) = args.parts {
         policy.decode_parts = parts;
         policy.encode_parts = parts;
-    }
-    if let Some(mib) = args.group_mib {
-        policy.decode_group_bytes = mib << 20;
     }
     let configs: Vec<(&str, T5Config)> = match args.config.as_str() {
         "tiny" => vec![("tiny", T5Config::tiny())],

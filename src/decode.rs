@@ -1,14 +1,10 @@
 //! Beam-search decoding of a `peapod-t5-rec` model through `peapod-beam`.
 //!
-//! The two crates disagree on the row layout, on purpose: the search hands the model a
-//! variable number of live hypotheses (one row per input at the first step, then up to
-//! `num_beams` per unfinished input, fewer under constraints), while the T5 decoder keeps a fixed
-//! `batch × beams` layout whose rows of one input share that input's cross-attention keys and
-//! values. [`T5Decoder`] bridges them: each live hypothesis owns one slot in its input's block of
-//! T5 rows, the remaining slots are computed but never read, and only the hypotheses' rows of
-//! log-probabilities are handed to the search. The batch is decoded in groups of inputs (each
-//! with its own cache) so that no step materialises one huge `rows × vocab` matrix, and groups
-//! whose inputs have all finished are no longer decoded.
+//! [`generate`] is the entry point: it packs the decoder's weights once, splits the inputs into
+//! the concurrent searches the [`CpuPolicy`] asks for, and runs [`beam_search`] over each with a
+//! [`T5Decoder`]. The decoder state owns the layout of the search's live hypotheses in the T5
+//! rows (`T5ForRec::decode_live_step`, `DecoderState::reorder_live`), so the adapter here only
+//! forwards the search's calls.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -47,7 +43,6 @@ use peapod_beam::{beam_search, BeamConfig, Constraint, Hypothesis, StepModel, St
 use peapod_t5_rec::{DecoderState, PackedDecoder, T5ForRec};
 use rayon::prelude::*;
 
-use peapod_kernels::runtime::DECODE_GROUP_BYTES;
 use peapod_kernels::CpuPolicy;
 
 use crate::{even_slices, PeapodError};
@@ -58,8 +53,7 @@ use crate::{even_slices, PeapodError};
 /// restricting outputs to item ids or candidate lists).
 ///
 /// `policy` says how the CPU is used: its [`CpuPolicy::decode_parts`] slices of the inputs are
-/// searched concurrently on the rayon pool (one search elsewhere), and each search decodes in
-/// groups of at most [`CpuPolicy::decode_group_bytes`] of log-probabilities. Inputs never
+/// searched concurrently on the rayon pool (one search elsewhere). Inputs never
 /// interact in a beam search, so the hypotheses are those of one search over all inputs;
 /// scores differ only by float rounding.
 ///
@@ -97,9 +91,7 @@ pub fn generate(
         };
         let enc = encoder_out.narrow(0, inputs.start, inputs.len())?;
         let mask = encoder_mask.narrow(0, inputs.start, inputs.len())?;
-        let mut decoder = T5Decoder::new(model)
-            .with_packed(packed.clone())
-            .with_group_bytes(policy.decode_group_bytes);
+        let mut decoder = T5Decoder::new(model).with_packed(packed.clone());
         let state = decoder.start(&enc, &mask, cfg.num_beams)?;
         Ok(beam_search(
             &mut decoder,
@@ -127,51 +119,15 @@ pub fn generate(
 #[derive(Debug)]
 pub struct T5Decoder<'a> {
     model: &'a T5ForRec,
-    group_bytes: usize,
     /// Weights packed beforehand; `None`: [`T5Decoder::start`] packs them (CPU, f32).
     packed: Option<Arc<PackedDecoder>>,
-    /// Tokens of one group's T5 rows, reused every step.
-    tokens: Vec<u32>,
-}
-
-/// A contiguous range of inputs decoded by one T5 call.
-#[derive(Debug)]
-struct Group {
-    decoder: DecoderState,
-    first_input: usize,
-    inputs: usize,
-}
-
-/// The decoder state of [`T5Decoder`]: the T5 caches in their fixed `inputs × beams` layout
-/// plus where each of the search's rows lives in them.
-#[derive(Debug)]
-pub struct T5BeamState {
-    groups: Vec<Group>,
-    beams: usize,
-    /// Search row → global T5 row; the T5 rows of input `b` are `b * beams .. (b + 1) * beams`.
-    slot: Vec<usize>,
-    /// Search row → input.
-    input: Vec<usize>,
-    /// Reused buffers for [`StepModel::reorder`].
-    perm: Vec<usize>,
-    next_slot: Vec<usize>,
-    next_input: Vec<usize>,
-}
-
-impl T5BeamState {
-    /// Number of live hypotheses (the search's rows).
-    pub fn live_rows(&self) -> usize {
-        self.slot.len()
-    }
 }
 
 impl<'a> T5Decoder<'a> {
     pub fn new(model: &'a T5ForRec) -> Self {
         Self {
             model,
-            group_bytes: DECODE_GROUP_BYTES,
             packed: None,
-            tokens: Vec::new(),
         }
     }
 
@@ -183,68 +139,26 @@ impl<'a> T5Decoder<'a> {
         self
     }
 
-    /// Decodes the inputs in groups whose `beams × vocab` f32 log-probabilities fit in `bytes`
-    /// (at least one input per group; default 128 MiB). Results only change by float rounding
-    /// (matrix products of other shapes round differently).
-    pub fn with_group_bytes(mut self, bytes: usize) -> Self {
-        self.group_bytes = bytes;
-        self
-    }
-
     /// The initial state for [`beam_search`] over `encoder_out` (B×T×d) with `num_beams`
-    /// beams: one search row per input, as the search expects at its first step.
+    /// beams: one live row per input, as the search expects at its first step.
     pub fn start(
         &self,
         encoder_out: &Tensor,
         encoder_mask: &Tensor,
         num_beams: usize,
-    ) -> Result<T5BeamState, PeapodError> {
-        let batch = encoder_out.dim(0)?;
-        if encoder_mask.dim(0)? != batch {
-            return Err(PeapodError::Config(format!(
-                "encoder output {:?} and mask {:?} differ in batch size",
-                encoder_out.dims(),
-                encoder_mask.dims()
-            )));
-        }
-        let row_bytes = self.model.config().vocab_size * std::mem::size_of::<f32>();
-        let per_group = (self.group_bytes / (row_bytes * num_beams.max(1))).max(1);
-        let mut groups = Vec::with_capacity(batch.div_ceil(per_group));
+    ) -> Result<DecoderState, PeapodError> {
         let packed = match &self.packed {
             Some(p) => Some(p.clone()),
             None => self.model.pack_decoder()?,
         };
-        let mut first = 0;
-        while first < batch {
-            let inputs = per_group.min(batch - first);
-            let decoder = self.model.start_decoding_with(
-                &encoder_out.narrow(0, first, inputs)?,
-                &encoder_mask.narrow(0, first, inputs)?,
-                num_beams,
-                packed.clone(),
-            )?;
-            groups.push(Group {
-                decoder,
-                first_input: first,
-                inputs,
-            });
-            first += inputs;
-        }
-        let rows = batch * num_beams;
-        Ok(T5BeamState {
-            groups,
-            beams: num_beams,
-            slot: (0..batch).map(|b| b * num_beams).collect(),
-            input: (0..batch).collect(),
-            perm: Vec::with_capacity(rows),
-            next_slot: Vec::with_capacity(rows),
-            next_input: Vec::with_capacity(rows),
-        })
+        Ok(self
+            .model
+            .start_decoding_with(encoder_out, encoder_mask, num_beams, packed)?)
     }
 }
 
 impl StepModel for T5Decoder<'_> {
-    type State = T5BeamState;
+    type State = DecoderState;
     type Error = PeapodError;
 
     fn vocab_size(&self) -> usize {
@@ -252,132 +166,23 @@ impl StepModel for T5Decoder<'_> {
     }
 
     fn step_scores(&self) -> StepScores {
+        // Raw logits: the search normalises each row as it ranks it.
         StepScores::Logits
     }
 
     fn step(
         &mut self,
-        state: &mut T5BeamState,
+        state: &mut DecoderState,
         last_tokens: &[u32],
-        log_probs: &mut Vec<f32>,
+        logits: &mut Vec<f32>,
     ) -> Result<(), PeapodError> {
-        let live = state.slot.len();
-        if last_tokens.len() != live {
-            return Err(PeapodError::Config(format!(
-                "T5Decoder::step: {} tokens for {live} live hypotheses",
-                last_tokens.len()
-            )));
-        }
-        let vocab = self.vocab_size();
-        let beams = state.beams;
         // Growing only on the first steps: afterwards the buffer is reused as is.
-        log_probs.resize(live * vocab, 0.0);
-        // Search rows are grouped by ascending input, so each group owns a contiguous range.
-        let mut row = 0;
-        for group in &mut state.groups {
-            let base = group.first_input * beams;
-            let end_slot = base + group.inputs * beams;
-            let first_row = row;
-            while row < live && state.slot[row] < end_slot {
-                row += 1;
-            }
-            if row == first_row {
-                // Every input of the group has finished: its cache is never read again.
-                continue;
-            }
-            // The first step has one hypothesis per input: the decoder runs once per input and
-            // copies its cache to the input's beams. Afterwards it runs on every slot.
-            let per_input = group.decoder.step() == 0 && row - first_row == group.inputs;
-            let (rows, slots_per_row) = if per_input {
-                (group.inputs, beams)
-            } else {
-                (group.decoder.rows(), 1)
-            };
-            // Slots without a hypothesis are decoded too (the layout is fixed) but never read:
-            // any token will do.
-            self.tokens.clear();
-            self.tokens.resize(rows, self.model.config().pad_token_id);
-            for (&slot, &tok) in state.slot[first_row..row]
-                .iter()
-                .zip(&last_tokens[first_row..row])
-            {
-                self.tokens[(slot - base) / slots_per_row] = tok;
-            }
-            let tokens = Tensor::from_slice(&self.tokens, rows, self.model.device())?;
-            let hidden = self.model.decode_step_hidden(&mut group.decoder, &tokens)?;
-            // Only the hypotheses' rows go through the vocabulary projection.
-            let live_rows: Vec<u32> = state.slot[first_row..row]
-                .iter()
-                .map(|&s| ((s - base) / slots_per_row) as u32)
-                .collect();
-            let idx = Tensor::from_vec(live_rows, row - first_row, self.model.device())?;
-            // Raw logits: the search normalises each row as it ranks it (StepScores::Logits).
-            let out = &mut log_probs[first_row * vocab..row * vocab];
-            self.model
-                .project_step_into(&group.decoder, &hidden.index_select(&idx, 0)?, out)?;
-        }
-        if row != live {
-            return Err(PeapodError::Config(format!(
-                "T5Decoder::step: hypothesis row {row} has no decoder slot"
-            )));
-        }
-        Ok(())
+        logits.resize(last_tokens.len() * self.vocab_size(), 0.0);
+        Ok(self.model.decode_live_step(state, last_tokens, logits)?)
     }
 
-    fn reorder(&mut self, state: &mut T5BeamState, indices: &[usize]) -> Result<(), PeapodError> {
-        let beams = state.beams;
-        let T5BeamState {
-            groups,
-            slot,
-            input,
-            perm,
-            next_slot,
-            next_input,
-            ..
-        } = state;
-        // Slots left without a hypothesis keep their own (stale) cache row: valid for the
-        // T5 layout, and never read.
-        let rows = groups.iter().map(|g| g.decoder.rows()).sum();
-        perm.clear();
-        perm.extend(0..rows);
-        next_slot.clear();
-        next_input.clear();
-        let mut current = usize::MAX;
-        let mut used = 0;
-        for &src in indices {
-            let b = *input.get(src).ok_or_else(|| {
-                PeapodError::Config(format!(
-                    "T5Decoder::reorder: row {src} of {} does not exist",
-                    input.len()
-                ))
-            })?;
-            if b != current {
-                current = b;
-                used = 0;
-            }
-            if used == beams {
-                return Err(PeapodError::Config(format!(
-                    "T5Decoder::reorder: more than {beams} hypotheses for input {b}, or its rows \
-                     are not contiguous"
-                )));
-            }
-            let dst = b * beams + used;
-            perm[dst] = slot[src];
-            next_slot.push(dst);
-            next_input.push(b);
-            used += 1;
-        }
-        std::mem::swap(slot, next_slot);
-        std::mem::swap(input, next_input);
-        for group in groups.iter_mut() {
-            let base = group.first_input * beams;
-            let local = &mut perm[base..base + group.inputs * beams];
-            if local.iter().enumerate().any(|(i, &p)| p != base + i) {
-                local.iter_mut().for_each(|p| *p -= base);
-                group.decoder.reorder(local)?;
-            }
-        }
-        Ok(())
+    fn reorder(&mut self, state: &mut DecoderState, indices: &[usize]) -> Result<(), PeapodError> {
+        Ok(state.reorder_live(indices)?)
     }
 }
 
@@ -498,7 +303,7 @@ mod tests {
             assert_eq!(x.len(), y.len());
             for (h, g) in x.iter().zip(y) {
                 assert_eq!(h.tokens, g.tokens);
-                assert_close(h.score, g.score, "grouped decoding");
+                assert_close(h.score, g.score, "another split of the decoding");
             }
         }
     }
@@ -558,10 +363,11 @@ mod tests {
             &CpuPolicy::default(),
         )
         .unwrap();
-        let mut two_per_group = T5Decoder::new(&model).with_group_bytes(2 * 5 * VOCAB * 4);
-        let state = two_per_group.start(&enc, &mask, cfg.num_beams).unwrap();
-        let grouped = beam_search(&mut two_per_group, state, 3, &cfg, &Constraint::None).unwrap();
-        assert_same(&grouped, &got);
+        // Driving the search directly through the adapter gives the same results.
+        let mut decoder = T5Decoder::new(&model);
+        let state = decoder.start(&enc, &mask, cfg.num_beams).unwrap();
+        let direct = beam_search(&mut decoder, state, 3, &cfg, &Constraint::None).unwrap();
+        assert_same(&direct, &got);
         for (b, hyps) in got.iter().enumerate() {
             assert_eq!(hyps.len(), 5);
             for (i, h) in hyps.iter().enumerate() {
@@ -617,11 +423,9 @@ mod tests {
             &CpuPolicy::default(),
         )
         .unwrap();
-        // One input per decoder group: finished groups are skipped, results are the same.
-        let mut one_per_group = T5Decoder::new(&model).with_group_bytes(1);
-        let state = one_per_group.start(&enc, &mask, cfg.num_beams).unwrap();
-        let grouped = beam_search(&mut one_per_group, state, 3, &cfg, &constraint).unwrap();
-        assert_same(&grouped, &got);
+        // One search per input: inputs finish at different steps, results are the same.
+        let alone = generate_in_parts(&model, &enc, &mask, &cfg, &constraint, 3).unwrap();
+        assert_same(&alone, &got);
         for (b, set) in sets.iter().enumerate() {
             let mut want: Vec<Hypothesis> = set
                 .iter()

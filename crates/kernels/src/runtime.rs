@@ -5,7 +5,7 @@
 //! [`CpuPolicy::worker_spin_limit`]) change the C allocator and candle's worker pool; a program
 //! applies them once, first thing in `main`, with [`CpuPolicy::apply_to_process`]. The others
 //! say how work is split into concurrent pieces; the code that splits takes them as arguments
-//! (`T5ForRec::encode_in_parts`, `peapod::decode::generate_in_parts`, the decoder's group size)
+//! (`T5ForRec::encode_in_parts`, `peapod::decode::generate`)
 //! and never decides on its own. The one split that changes results — training batches
 //! backpropagated as slices, each with its own dropout stream — is a training setting
 //! (`peapod::TrainConfig::batch_slices`), stored in checkpoints, not a runtime choice.
@@ -39,16 +39,6 @@ const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 /// 0.280 / 0.230 / 0.214 / 0.239 s; on 2 cores, 2 parts: t5-small 5.9–6.4 → 5.3–5.4 s).
 pub const DECODE_PARTS: usize = 2;
 
-/// Upper bound on one decoder call's `beams × vocab` log-probability matrix, by default: the
-/// batch is decoded in groups of inputs below this size, and groups whose inputs have all
-/// finished are skipped. Fewer, larger calls win since the logits are written straight into the
-/// search's buffer (no per-step allocation of an 82 MB matrix): measured with `bench_decode
-/// --group-mib`, batch 32 at 20 beams, tiny 1.79 / 1.28 / 1.16 s per batch at 8 / 32 / 96 MiB,
-/// t5-small 10.2 / 7.7 / 7.2 s. The default holds that whole batch in one group. (Splitting
-/// only the projection into cache-sized row chunks was slower still: each gemm call repacks the
-/// 32,128 × d embedding, 2.42 / 1.48 / 1.22 / 1.16 s at 2 / 8 / 32 / 128 MiB chunks, tiny.)
-pub const DECODE_GROUP_BYTES: usize = 128 << 20;
-
 /// Concurrent pieces of an inference batch's encoder pass on the CPU, by default (encoder +
 /// first step of a t5-small batch 0.79–0.86 → 0.67–0.80 s on 2 cores).
 pub const ENCODE_PARTS: usize = 2;
@@ -68,8 +58,6 @@ pub struct CpuPolicy {
     pub encode_parts: usize,
     /// Beam searches run concurrently on the CPU, each over a slice of the inputs.
     pub decode_parts: usize,
-    /// Upper bound in bytes on one decoder call's log-probability matrix.
-    pub decode_group_bytes: usize,
 }
 
 impl Default for CpuPolicy {
@@ -79,7 +67,6 @@ impl Default for CpuPolicy {
             worker_spin_limit: Some(WORKER_SPIN_LIMIT),
             encode_parts: ENCODE_PARTS,
             decode_parts: DECODE_PARTS,
-            decode_group_bytes: DECODE_GROUP_BYTES,
         }
     }
 }
@@ -103,7 +90,6 @@ impl CpuPolicy {
             worker_spin_limit: None,
             encode_parts: 1,
             decode_parts: 1,
-            decode_group_bytes: DECODE_GROUP_BYTES,
         }
     }
 

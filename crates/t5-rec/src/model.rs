@@ -15,6 +15,7 @@ use crate::layers::{
 mod cache;
 mod decoder;
 mod decoding;
+mod live;
 
 use decoder::{DecoderBlock, DecoderPass};
 

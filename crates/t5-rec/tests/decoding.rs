@@ -319,3 +319,67 @@ fn encoding_a_batch_matches_encoding_each_input_alone() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn live_hypotheses_of_varying_counts_match_full_decoding() -> anyhow::Result<()> {
+    // A beam search's view: one live row per input at first, then different numbers of live
+    // hypotheses per input, reshuffled between steps; each live row's logits must be those of
+    // full decoding of its own history.
+    let cfg = small_config("gated-gelu", false);
+    let (_vm, model) = build(&cfg)?;
+    let (b, t, beams) = (3, 5, 3);
+    let input = tensor2(&ids(b, t, 2, 40, 61))?;
+    let mask = tensor2(&[vec![1; 5], vec![1, 1, 1, 0, 0], vec![1, 1, 1, 1, 0]])?;
+    let enc = model.encode(&model.embed_tokens(&input)?, &mask, false)?;
+    let mut state = model.start_decoding(&enc, &mask, beams)?;
+    let start = cfg.decoder_start_token_id;
+    // (input, history) of every live row.
+    let mut live: Vec<(usize, Vec<u32>)> = (0..b).map(|i| (i, vec![start])).collect();
+    let reorders: [&[usize]; 2] = [&[0, 0, 1, 2, 2, 2], &[1, 3, 3, 4]];
+    let vocab = cfg.vocab_size;
+    let mut worst = 0f32;
+    for step in 0..3 {
+        assert_eq!(state.live_rows(), live.len());
+        let last: Vec<u32> = live.iter().map(|(_, h)| h[h.len() - 1]).collect();
+        let mut logits = vec![0f32; live.len() * vocab];
+        model.decode_live_step(&mut state, &last, &mut logits)?;
+        let got = Tensor::from_vec(logits, (live.len(), vocab), &Device::Cpu)?;
+        for (r, (i, history)) in live.iter().enumerate() {
+            let full = model.decode(
+                &tensor2(std::slice::from_ref(history))?,
+                &enc.narrow(0, *i, 1)?,
+                &mask.narrow(0, *i, 1)?,
+                false,
+            )?;
+            let want = full.narrow(1, history.len() - 1, 1)?.squeeze(1)?;
+            worst = worst.max(max_abs_diff(&got.narrow(0, r, 1)?, &want)?);
+        }
+        if let Some(from) = reorders.get(step) {
+            state.reorder_live(from)?;
+            live = from
+                .iter()
+                .enumerate()
+                .map(|(r, &src)| {
+                    let (i, mut h) = live[src].clone();
+                    h.push(2 + (7 * r + 3 * step) as u32 % 30);
+                    (i, h)
+                })
+                .collect();
+        }
+    }
+    assert!(worst < 1e-4, "live decoding vs full: {worst}");
+
+    // Misuse is refused with the reason.
+    let mut fresh = model.start_decoding(&enc, &mask, beams)?;
+    let err = fresh.reorder_live(&[9]).unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    let err = fresh.reorder_live(&[1, 0]).unwrap_err().to_string();
+    assert!(err.contains("ascending"), "{err}");
+    let err = fresh.reorder_live(&[0, 0, 0, 0]).unwrap_err().to_string();
+    assert!(err.contains("more than 3"), "{err}");
+    let mut logits = vec![0f32; 2 * vocab];
+    assert!(model
+        .decode_live_step(&mut fresh, &[start, start], &mut logits)
+        .is_err());
+    Ok(())
+}

@@ -10,13 +10,18 @@ use peapod_kernels::PackedWeight;
 
 use super::cache::{KvCache, StepRows};
 use super::decoder::{DecoderPass, PackedBlock};
+use super::live::LiveRows;
 use super::{at_least_f32, embedding, T5ForRec};
 use crate::error::{Result, T5Error};
 use crate::layers::{padding_bias, Linear};
 
-/// The decoder's state between [`T5ForRec::decode_step`] calls.
+/// The decoder's state between decoding steps.
 ///
-/// Rows are ordered input-major: row `i * beams + j` is beam `j` of input `i`.
+/// Rows are ordered input-major: row `i * beams + j` is beam `j` of input `i`. Two ways to
+/// drive it: with every row each step ([`T5ForRec::decode_step`], [`DecoderState::reorder`]),
+/// or with a beam search's live hypotheses only ([`T5ForRec::decode_live_step`],
+/// [`DecoderState::reorder_live`]), where the state keeps track of which row each hypothesis
+/// occupies.
 #[derive(Clone, Debug)]
 pub struct DecoderState {
     batch: usize,
@@ -32,6 +37,8 @@ pub struct DecoderState {
     /// The decoder's weights packed for the CPU (see [`PackedDecoder`]), if this state uses
     /// them.
     packed: Option<Arc<PackedDecoder>>,
+    /// Where a beam search's live hypotheses sit in the rows.
+    pub(super) live: LiveRows,
 }
 
 /// The decoder's weight matrices and the vocabulary projection, packed once for the matrix
@@ -194,6 +201,7 @@ impl T5ForRec {
                 self.on_cpu_in_f32(),
             ),
             packed,
+            live: LiveRows::one_per_input(b, beams_per_input),
         })
     }
 
