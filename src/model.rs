@@ -7,8 +7,9 @@ use candle_nn::{VarBuilder, VarMap};
 use peapod_datasets::Batch;
 use peapod_kernels::CpuPolicy;
 use peapod_prompt::{
-    prepend_prompts, NeighbourLists, PromptComposer, QueryTable, SimilarUserPrompt,
-    SimilarUserPromptConfig, TaskPrompt, TaskPromptConfig, UserPrompt, UserPromptConfig,
+    prepend_prompts, NeighbourLists, PromptComposer, PromptCondition, QueryTable,
+    SimilarUserPrompt, SimilarUserPromptConfig, TaskPrompt, TaskPromptConfig, UserPrompt,
+    UserPromptConfig,
 };
 use peapod_t5_rec::{T5Config, T5ForRec};
 use serde::{Deserialize, Serialize};
@@ -181,9 +182,8 @@ pub struct PeaPod {
     config: ModelConfig,
     varmap: VarMap,
     t5: T5ForRec,
-    task_prompt: Option<TaskPrompt>,
-    user_prompt: Option<UserPrompt>,
-    similar_prompt: Option<SimilarUserPrompt>,
+    /// The soft prompts, in encoder order (task prompt, then the user's).
+    composers: Vec<Box<dyn PromptComposer + Send + Sync>>,
     device: Device,
     cpu_policy: CpuPolicy,
 }
@@ -202,14 +202,13 @@ impl PeaPod {
         // candle's own initialisers draw from an unseeded generator: redraw reproducibly.
         t5.reset_parameters(&varmap, "", config.seed)?;
         let d_model = config.t5.d_model;
-        let task_prompt = if config.variant.has_task_prompt() {
+        let mut composers: Vec<Box<dyn PromptComposer + Send + Sync>> = Vec::new();
+        if config.variant.has_task_prompt() {
             let mut c = TaskPromptConfig::new(3, d_model);
             c.prompt_len = config.prompt_len;
             c.seed = config.seed;
-            Some(TaskPrompt::new(c, vb.clone())?)
-        } else {
-            None
-        };
+            composers.push(Box::new(TaskPrompt::new(c, vb.clone())?));
+        }
         let queries = match (config.variant.needs_user_queries(), user_queries) {
             (false, _) => None,
             (true, Some(q)) => {
@@ -234,7 +233,6 @@ impl PeaPod {
                 )))
             }
         };
-        let (mut user_prompt, mut similar_prompt) = (None, None);
         if let Some(table) = queries {
             if config.variant == Variant::SimilarUsers {
                 let neighbours = NeighbourLists::compute(table.table(), config.num_neighbours)?;
@@ -242,22 +240,25 @@ impl PeaPod {
                 c.prompt_len = config.prompt_len;
                 c.num_neighbours = config.num_neighbours;
                 c.seed = config.seed;
-                similar_prompt = Some(SimilarUserPrompt::new(c, table, neighbours, vb.clone())?);
+                composers.push(Box::new(SimilarUserPrompt::new(
+                    c,
+                    table,
+                    neighbours,
+                    vb.clone(),
+                )?));
             } else {
                 let mut c = UserPromptConfig::new(config.query_dim, d_model);
                 c.prompt_len = config.prompt_len;
                 c.num_components = config.num_components;
                 c.seed = config.seed;
-                user_prompt = Some(UserPrompt::new(c, table, vb.clone())?);
+                composers.push(Box::new(UserPrompt::new(c, table, vb.clone())?));
             }
         }
         Ok(Self {
             config,
             varmap,
             t5,
-            task_prompt,
-            user_prompt,
-            similar_prompt,
+            composers,
             device: device.clone(),
             cpu_policy: CpuPolicy::default(),
         })
@@ -333,20 +334,20 @@ impl PeaPod {
             .collect()
     }
 
-    /// The soft prompts of a batch in encoder order (task prompt, then user prompt).
+    /// The soft prompts of a batch in encoder order, each composer given the ids it is
+    /// conditioned on (tasks, or users as rows of the query table).
     fn soft_prompts(&self, users: &[u32], tasks: &[u32]) -> Result<Vec<Tensor>, PeapodError> {
-        let mut prompts = Vec::new();
-        if let Some(p) = &self.task_prompt {
-            prompts.push(p.compose(&[], tasks)?);
-        }
-        if self.user_prompt.is_some() || self.similar_prompt.is_some() {
-            let rows = self.query_rows(users)?;
-            if let Some(p) = &self.user_prompt {
-                prompts.push(p.compose(&rows, &[])?);
-            }
-            if let Some(p) = &self.similar_prompt {
-                prompts.push(p.compose(&rows, &[])?);
-            }
+        let mut rows = None;
+        let mut prompts = Vec::with_capacity(self.composers.len());
+        for composer in &self.composers {
+            let ids = match composer.condition() {
+                PromptCondition::Task => tasks,
+                PromptCondition::User => match &rows {
+                    Some(rows) => rows,
+                    None => rows.insert(self.query_rows(users)?),
+                },
+            };
+            prompts.push(composer.compose(ids)?);
         }
         Ok(prompts)
     }
@@ -354,8 +355,15 @@ impl PeaPod {
     /// The user prompt's component weights α (B × M) for 1-based user ids, when the variant
     /// has the paper's user prompt.
     pub fn component_weights(&self, users: &[u32]) -> Result<Option<Tensor>, PeapodError> {
-        match &self.user_prompt {
-            Some(p) => Ok(Some(p.compose_with_alpha(&self.query_rows(users)?)?.1)),
+        if !matches!(self.config.variant, Variant::Peapod | Variant::PeapodX) {
+            return Ok(None);
+        }
+        match self
+            .composers
+            .iter()
+            .find(|c| c.condition() == PromptCondition::User)
+        {
+            Some(c) => Ok(c.compose_with_weights(&self.query_rows(users)?)?.1),
             None => Ok(None),
         }
     }
@@ -460,6 +468,41 @@ mod tests {
                 assert!(g.is_some(), "{variant}: no gradient for {name}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn component_weights_are_the_user_prompts_alpha_for_peapod_only() -> Result<(), PeapodError> {
+        let dev = Device::Cpu;
+        let queries = Tensor::randn(0f32, 1.0, (30, 6), &dev)?;
+        for variant in Variant::ALL {
+            let mut cfg = ModelConfig::new(variant, micro_t5(), 6, 3);
+            cfg.num_neighbours = 4;
+            let model = PeaPod::new(cfg.clone(), Some(&queries), &dev)?;
+            let alpha = model.component_weights(&[3, 30])?;
+            match variant {
+                Variant::Peapod | Variant::PeapodX => {
+                    let alpha = alpha.expect("the paper's user prompt has weights");
+                    assert_eq!(alpha.dims(), &[2, cfg.num_components], "{variant}");
+                    // α is a cosine: within [-1, 1], and user 3's row is query row 2's.
+                    let again = model.component_weights(&[30, 3])?.expect("weights");
+                    let (a, b) = (alpha.to_vec2::<f32>()?, again.to_vec2::<f32>()?);
+                    assert_eq!(a[0], b[1]);
+                    assert!(a.iter().flatten().all(|x| x.abs() <= 1.0 + 1e-6));
+                }
+                _ => assert!(alpha.is_none(), "{variant}"),
+            }
+        }
+        assert!(
+            PeaPod::new(
+                ModelConfig::new(Variant::Peapod, micro_t5(), 6, 3),
+                Some(&queries),
+                &dev
+            )?
+            .component_weights(&[0])
+            .is_err(),
+            "user ids are 1-based"
+        );
         Ok(())
     }
 

@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut compose = Vec::new();
     for _ in 0..repeats.max(20) {
         let start = Instant::now();
-        let p = up.compose(&batch, &[])?;
+        let p = up.compose(&batch)?;
         p.sum_all()?.to_scalar::<f32>()?;
         compose.push(start.elapsed().as_secs_f64() * 1e3);
     }

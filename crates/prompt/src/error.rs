@@ -25,14 +25,6 @@ pub enum PromptError {
     /// A batch had no examples; a prompt for nobody has no meaningful shape.
     #[error("empty batch")]
     EmptyBatch,
-    /// `users` and `tasks` were both given but describe batches of different sizes.
-    #[error("batch mismatch: {users} users but {tasks} tasks")]
-    BatchMismatch {
-        /// Length of the `users` slice.
-        users: usize,
-        /// Length of the `tasks` slice.
-        tasks: usize,
-    },
     /// Reading or writing a neighbour-list cache failed.
     #[error("neighbour cache {path}: {source}")]
     Io {

@@ -2,9 +2,11 @@
 //! from decomposed prompt components (paper §4), POD's task prompt, and the similar-user
 //! attention prompt of the authors' released code.
 //!
-//! Nothing here knows about T5 or a dataset: a composer turns the users (and tasks) of a batch
-//! into `B × L × d_model` prompt vectors, and [`prepend_prompts`] puts them in front of any
-//! embedded sequence and extends its attention mask.
+//! Nothing here knows about T5 or a dataset: a composer turns what it is conditioned on (the
+//! users of a batch, or their tasks) into `B × L × d_model` prompt vectors, and
+//! [`prepend_prompts`] puts them in front of any embedded sequence and extends its attention
+//! mask. A model holds its composers as a list of [`PromptComposer`]s and gives each the ids it
+//! asks for ([`PromptComposer::condition`]).
 //!
 //! - [`UserPrompt`] (the paper): `α_m = cos(q ⊙ A_m, K_m)`, `prompt = Σ_m α_m P_m`, with the
 //!   query q from a [`QueryTable`] (frozen MF embeddings, or trainable ones) or given directly
@@ -96,11 +98,17 @@ pub use similar::{NeighbourLists, SimilarUserPrompt, SimilarUserPromptConfig};
 pub use task::{TaskPrompt, TaskPromptConfig};
 pub use user::{UserPrompt, UserPromptConfig, COSINE_EPS};
 
+/// What a prompt composer is conditioned on, i.e. what the ids given to
+/// [`PromptComposer::compose`] are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptCondition {
+    /// The user: each id is the user's row in the composer's [`QueryTable`] (0-based).
+    User,
+    /// The task: each id is the task's index.
+    Task,
+}
+
 /// Something that produces soft prompt vectors for a batch.
-///
-/// `users[i]` and `tasks[i]` describe example i; each composer reads the one it is
-/// conditioned on (user prompts read `users`, the task prompt reads `tasks`) and may be given
-/// an empty slice for the other. When both are non-empty they must have the same length.
 pub trait PromptComposer {
     /// L, the number of prompt vectors per example.
     fn prompt_len(&self) -> usize;
@@ -108,18 +116,19 @@ pub trait PromptComposer {
     /// Width of each prompt vector.
     fn d_model(&self) -> usize;
 
-    /// The prompts of a batch, B × L × d_model.
-    fn compose(&self, users: &[u32], tasks: &[u32]) -> Result<Tensor>;
-}
+    /// What [`PromptComposer::compose`]'s ids are.
+    fn condition(&self) -> PromptCondition;
 
-pub(crate) fn check_batch(users: &[u32], tasks: &[u32]) -> Result<()> {
-    if !users.is_empty() && !tasks.is_empty() && users.len() != tasks.len() {
-        return Err(PromptError::BatchMismatch {
-            users: users.len(),
-            tasks: tasks.len(),
-        });
+    /// The prompts of a batch, B × L × d_model; `ids[i]` is example i's user row or task, as
+    /// [`PromptComposer::condition`] says.
+    fn compose(&self, ids: &[u32]) -> Result<Tensor>;
+
+    /// [`PromptComposer::compose`] plus the weights the prompts were mixed with, for composers
+    /// that have them (the user prompt's component weights α, B × M; the similar-user prompt's
+    /// attention over neighbours, B × heads × k); `None` otherwise.
+    fn compose_with_weights(&self, ids: &[u32]) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.compose(ids)?, None))
     }
-    Ok(())
 }
 
 /// Prepends `prompts` (each B × L_i × d, in the given order) to `embeds` (B × T × d) and

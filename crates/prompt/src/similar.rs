@@ -10,7 +10,7 @@ use crate::error::{PromptError, Result};
 use crate::init::linear;
 use crate::query::QueryTable;
 use crate::user::COSINE_EPS;
-use crate::{check_batch, PromptComposer};
+use crate::{PromptComposer, PromptCondition};
 
 /// Each user's most similar users by cosine similarity of their embeddings (the user itself
 /// excluded), most similar first; ties go to the lower index.
@@ -432,9 +432,17 @@ impl PromptComposer for SimilarUserPrompt {
         self.config.d_model
     }
 
-    fn compose(&self, users: &[u32], tasks: &[u32]) -> Result<Tensor> {
-        check_batch(users, tasks)?;
-        Ok(self.forward_with_weights(users)?.0)
+    fn condition(&self) -> PromptCondition {
+        PromptCondition::User
+    }
+
+    fn compose(&self, ids: &[u32]) -> Result<Tensor> {
+        Ok(self.forward_with_weights(ids)?.0)
+    }
+
+    fn compose_with_weights(&self, ids: &[u32]) -> Result<(Tensor, Option<Tensor>)> {
+        let (prompt, weights) = self.forward_with_weights(ids)?;
+        Ok((prompt, Some(weights)))
     }
 }
 

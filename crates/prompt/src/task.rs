@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PromptError, Result};
 use crate::init::{get_or_init, param_rng, uniform};
-use crate::{check_batch, PromptComposer};
+use crate::{PromptComposer, PromptCondition};
 
 /// Sizes of a [`TaskPrompt`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,8 +101,11 @@ impl PromptComposer for TaskPrompt {
         self.config.d_model
     }
 
-    fn compose(&self, users: &[u32], tasks: &[u32]) -> Result<Tensor> {
-        check_batch(users, tasks)?;
-        self.forward(tasks)
+    fn condition(&self) -> PromptCondition {
+        PromptCondition::Task
+    }
+
+    fn compose(&self, ids: &[u32]) -> Result<Tensor> {
+        self.forward(ids)
     }
 }

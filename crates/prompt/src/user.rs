@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{PromptError, Result};
 use crate::init::{get_or_init, orthonormal, param_rng};
 use crate::query::QueryTable;
-use crate::{check_batch, PromptComposer};
+use crate::{PromptComposer, PromptCondition};
 
 /// ε in the cosine of [`UserPrompt`]: `cos(x, y) = x·y / (‖x‖_ε ‖y‖_ε)` with
 /// `‖x‖_ε = √(‖x‖² + ε²)`.
@@ -194,8 +194,16 @@ impl PromptComposer for UserPrompt {
         self.config.d_model
     }
 
-    fn compose(&self, users: &[u32], tasks: &[u32]) -> Result<Tensor> {
-        check_batch(users, tasks)?;
-        Ok(self.compose_with_alpha(users)?.0)
+    fn condition(&self) -> PromptCondition {
+        PromptCondition::User
+    }
+
+    fn compose(&self, ids: &[u32]) -> Result<Tensor> {
+        Ok(self.compose_with_alpha(ids)?.0)
+    }
+
+    fn compose_with_weights(&self, ids: &[u32]) -> Result<(Tensor, Option<Tensor>)> {
+        let (prompt, alpha) = self.compose_with_alpha(ids)?;
+        Ok((prompt, Some(alpha)))
     }
 }

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use peapod_prompt::{
-    prepend_prompts, NeighbourLists, PromptComposer, PromptError, QueryTable, SimilarUserPrompt,
-    SimilarUserPromptConfig, TaskPrompt, TaskPromptConfig, UserPrompt, UserPromptConfig,
+    prepend_prompts, NeighbourLists, PromptComposer, PromptCondition, PromptError, QueryTable,
+    SimilarUserPrompt, SimilarUserPromptConfig, TaskPrompt, TaskPromptConfig, UserPrompt,
+    UserPromptConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -150,7 +151,7 @@ fn gradients_reach_a_k_p_but_not_a_frozen_query() -> TestResult {
     // The query table is a variable of some other model; frozen means no gradient anyway.
     let mf = Var::from_tensor(&Tensor::from_vec(random_table(4, 5, 2), (4, 5), &dev)?)?;
     let up = UserPrompt::new(config, QueryTable::frozen(mf.as_tensor()), vb)?;
-    let prompt = up.compose(&[3, 0, 2], &[])?;
+    let prompt = up.compose(&[3, 0, 2])?;
     let target = Tensor::from_vec(random_table(3, 8, 9), (3, 2, 4), &dev)?;
     let grads = (prompt - target)?.sqr()?.sum_all()?.backward()?;
     for (name, t) in [
@@ -189,7 +190,7 @@ fn a_trainable_query_table_learns_and_is_saved_by_name() -> TestResult {
     let query = QueryTable::trainable_in(&varmap, "user_prompt.query", &init)?;
     assert!(query.is_trainable());
     let up = UserPrompt::new(UserPromptConfig::new(3, 6), query, vb)?;
-    let prompt = up.compose(&[1, 1, 2], &[])?;
+    let prompt = up.compose(&[1, 1, 2])?;
     let grads = prompt.sum_all()?.backward()?;
     let g = vec2(
         grads
@@ -328,7 +329,7 @@ fn checkpoints_load_by_name() -> TestResult {
         let up = UserPrompt::new(config, QueryTable::frozen(&table), vb.clone())?;
         TaskPrompt::new(TaskPromptConfig::new(3, 6), vb)?;
         varmap.save(&path)?;
-        up.compose(&[0, 1, 2], &[])?
+        up.compose(&[0, 1, 2])?
     };
     // A model rebuilt with another seed, then loaded: same prompts.
     let mut varmap = VarMap::new();
@@ -336,14 +337,14 @@ fn checkpoints_load_by_name() -> TestResult {
     let other = UserPromptConfig { seed: 2, ..config };
     let up = UserPrompt::new(other, QueryTable::frozen(&table), vb.clone())?;
     let tp = TaskPrompt::new(TaskPromptConfig::new(3, 6), vb)?;
-    assert_ne!(flat(&up.compose(&[0, 1, 2], &[])?), flat(&trained));
+    assert_ne!(flat(&up.compose(&[0, 1, 2])?), flat(&trained));
     varmap.load(&path)?;
-    assert_eq!(flat(&up.compose(&[0, 1, 2], &[])?), flat(&trained));
+    assert_eq!(flat(&up.compose(&[0, 1, 2])?), flat(&trained));
     assert_eq!(tp.prompts().dims(), &[3, 3, 6]);
     // A read-only builder over the file works too (inference).
     let vb = VarBuilder::from_buffered_safetensors(std::fs::read(&path)?, DType::F32, &dev)?;
     let up = UserPrompt::new(other, QueryTable::frozen(&table), vb)?;
-    assert_eq!(flat(&up.compose(&[0, 1, 2], &[])?), flat(&trained));
+    assert_eq!(flat(&up.compose(&[0, 1, 2])?), flat(&trained));
     Ok(())
 }
 
@@ -385,7 +386,7 @@ fn task_prompt_selects_each_examples_block() -> TestResult {
     // U(-0.1, 0.1) has variance 0.2² / 12 ≈ 0.0033.
     assert!(var > 0.001 && var < 0.007, "variance {var}");
 
-    let out = tp.compose(&[], &[2, 0, 2])?;
+    let out = tp.compose(&[2, 0, 2])?;
     assert_eq!(out.dims(), &[3, 3, 5]);
     let block = |t: usize| all[t * 15..(t + 1) * 15].to_vec();
     let got = flat(&out);
@@ -444,18 +445,14 @@ fn bad_batches_are_errors_not_panics() -> TestResult {
     let dev = Device::Cpu;
     let up = hand_made_user_prompt(&dev)?;
     assert!(matches!(
-        up.compose(&[3], &[]),
+        up.compose(&[3]),
         Err(PromptError::IndexOutOfRange {
             kind: "user",
             index: 3,
             len: 3
         })
     ));
-    assert!(matches!(up.compose(&[], &[]), Err(PromptError::EmptyBatch)));
-    assert!(matches!(
-        up.compose(&[0, 1], &[0]),
-        Err(PromptError::BatchMismatch { users: 2, tasks: 1 })
-    ));
+    assert!(matches!(up.compose(&[]), Err(PromptError::EmptyBatch)));
     let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev);
     let config = UserPromptConfig {
         num_components: 0,
@@ -722,10 +719,35 @@ fn composers_are_interchangeable_behind_the_trait() -> TestResult {
             vb,
         )?),
     ];
+    // Each composer gets the ids it is conditioned on.
+    let (users, tasks) = ([7u32, 0], [1u32, 2]);
     let prompts: Vec<Tensor> = composers
         .iter()
-        .map(|c| c.compose(&[7, 0], &[1, 2]))
+        .map(|c| match c.condition() {
+            PromptCondition::User => c.compose(&users),
+            PromptCondition::Task => c.compose(&tasks),
+        })
         .collect::<Result<_, _>>()?;
+    // Weights come with the composers that mix their prompts: α for the user prompt (B × M),
+    // the attention over neighbours for the similar-user prompt; none for the task prompt.
+    let weights: Vec<Option<Vec<usize>>> = composers
+        .iter()
+        .map(|c| {
+            let ids = if c.condition() == PromptCondition::User {
+                &users
+            } else {
+                &tasks
+            };
+            c.compose_with_weights(ids)
+                .map(|(_, w)| w.map(|w| w.dims().to_vec()))
+        })
+        .collect::<Result<_, _>>()?;
+    assert_eq!(weights[0], None);
+    assert_eq!(
+        weights[1],
+        Some(vec![2, UserPromptConfig::new(4, 8).num_components])
+    );
+    assert_eq!(weights[2].as_ref().map(|d| (d[0], d[2])), Some((2, 3)));
     let refs: Vec<&Tensor> = prompts.iter().collect();
     let embeds = Tensor::zeros((2, 5, 8), DType::F32, &dev)?;
     let mask = Tensor::ones((2, 5), DType::F32, &dev)?;
