@@ -15,6 +15,7 @@ use peapod::model::{ModelConfig, PeaPod, Variant};
 use peapod::optim::AdamWConfig;
 use peapod::pipeline::{evaluate, fixed_user_sample, EvalRequest};
 use peapod::train::{train, TrainConfig, TrainingData};
+use peapod_datasets::{Split, Task};
 
 #[derive(Parser)]
 #[command(about = "Train each PeaPOD variant with the same budget and compare")]
@@ -53,15 +54,27 @@ fn main() -> anyhow::Result<()> {
     // Process-wide allocator and worker-pool settings, once, before any tensor exists.
     peapod::CpuPolicy::default().apply_to_process();
     let cli = Cli::parse();
-    let device = common::default_device();
-    let mut data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
-    let (mf, queries) = common::mf_and_queries(&data, 100, cli.seed, &cli.out, &device)?;
+    let device = peapod::run::default_device();
+    let data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
+    let (mf, queries) = peapod::run::mf_and_queries(
+        &data,
+        100,
+        cli.seed,
+        &peapod::run::RunDir::new(&cli.out),
+        &device,
+        common::print_mf_progress,
+    )?;
     let users = fixed_user_sample(&data.dataset, cli.users);
     let mut rows: Vec<(String, BTreeMap<String, f64>)> = Vec::new();
     let mut baselines = None;
     for name in cli.variants.split(',') {
         let variant = Variant::parse(name.trim())?;
-        let config = ModelConfig::new(variant, common::t5_config(&cli.config)?, mf.dim(), cli.seed);
+        let config = ModelConfig::new(
+            variant,
+            peapod::run::t5_config(&cli.config)?,
+            mf.dim(),
+            cli.seed,
+        );
         let model = PeaPod::new(config, Some(&queries), &device)?;
         let train_config = TrainConfig {
             epochs: 1,
@@ -92,23 +105,16 @@ fn main() -> anyhow::Result<()> {
             true,
         )?;
         let request = EvalRequest {
-            split: "test".into(),
+            split: Split::Test,
             users: Some(users.clone()),
-            tasks: vec!["sequential".into(), "topn".into()],
+            tasks: vec![Task::Sequential, Task::TopN],
             decoding: EvalConfig {
                 exact_topn: true,
                 free_beam: cli.beam,
                 ..EvalConfig::default()
             },
         };
-        let report = evaluate(
-            &model,
-            &mut data,
-            Some(&mf),
-            &request,
-            "compare_variants",
-            true,
-        )?;
+        let report = evaluate(&model, &data, Some(&mf), &request, "compare_variants", true)?;
         for (task, r) in &report.tasks {
             for (mode, m) in &r.modes {
                 let mut m = m.clone();

@@ -55,16 +55,23 @@ fn main() -> anyhow::Result<()> {
     peapod::CpuPolicy::default().apply_to_process();
     let cli = Cli::parse();
     let started = Instant::now();
-    let device = common::default_device();
+    let device = peapod::run::default_device();
     let data_root = common::default_data_root();
-    let mut data = TrainingData::load(&data_root, "beauty", None)?;
+    let data = TrainingData::load(&data_root, "beauty", None)?;
     eprintln!(
         "[1/3] beauty: {} users, {} items, {} interactions; MF on the training interactions",
         data.dataset.num_users(),
         data.dataset.num_items(),
         data.dataset.num_interactions()
     );
-    let (mf, queries) = common::mf_and_queries(&data, 100, cli.seed, &cli.out, &device)?;
+    let (mf, queries) = peapod::run::mf_and_queries(
+        &data,
+        100,
+        cli.seed,
+        &peapod::run::RunDir::new(&cli.out),
+        &device,
+        common::print_mf_progress,
+    )?;
 
     let shipped = cli
         .checkpoint
@@ -126,17 +133,17 @@ fn main() -> anyhow::Result<()> {
     // Sequential: the paper's free 20-beam search. Top-n: exact candidate scoring (the beam
     // search over 420-token prompts costs minutes more on a CPU; `--topn-beam` adds it).
     let sequential = EvalRequest {
-        split: "test".into(),
+        split: Split::Test,
         users: Some(users.clone()),
-        tasks: vec!["sequential".into()],
+        tasks: vec![Task::Sequential],
         decoding: EvalConfig {
             free_beam: !cli.no_beam,
             ..EvalConfig::default()
         },
     };
-    let mut report = evaluate(&model, &mut data, Some(&mf), &sequential, &provenance, true)?;
+    let mut report = evaluate(&model, &data, Some(&mf), &sequential, &provenance, true)?;
     let topn = EvalRequest {
-        tasks: vec!["topn".into()],
+        tasks: vec![Task::TopN],
         decoding: EvalConfig {
             exact_topn: true,
             free_beam: cli.topn_beam,
@@ -146,15 +153,14 @@ fn main() -> anyhow::Result<()> {
     };
     report.merge(evaluate(
         &model,
-        &mut data,
+        &data,
         Some(&mf),
         &topn,
         &provenance,
         true,
     )?);
-    std::fs::create_dir_all(&cli.out)?;
-    let report_path = cli.out.join("report.json");
-    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    let report_path = peapod::run::RunDir::new(&cli.out).report(None);
+    report.write_json(&report_path)?;
     println!("{}", report.table());
 
     // One user's top-n recommendations and the component weights behind their prompt.

@@ -9,6 +9,7 @@ pub mod model;
 pub mod optim;
 pub mod pipeline;
 mod progress;
+pub mod run;
 pub mod train;
 
 pub use error::PeapodError;

@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use peapod_datasets::{
-    evaluation_examples, load_or_generate_negatives, Dataset, Example, Split, Task,
-};
+use peapod_datasets::{evaluation_examples, Dataset, Example, Split, Task};
 use peapod_pmf::{Interactions, MfConfig, MfModel, LEAVE_ONE_OUT_HELD_OUT};
 use serde::{Deserialize, Serialize};
 
@@ -81,10 +79,10 @@ pub fn load_model(
 /// What to evaluate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalRequest {
-    pub split: String,
+    pub split: Split,
     /// Evaluate these users only (1-based ids); all users when `None`.
     pub users: Option<Vec<u32>>,
-    pub tasks: Vec<String>,
+    pub tasks: Vec<Task>,
     pub decoding: EvalConfig,
 }
 
@@ -93,7 +91,7 @@ pub struct EvalRequest {
 pub struct Report {
     pub dataset: String,
     pub variant: String,
-    pub split: String,
+    pub split: Split,
     pub seed: u64,
     pub users_evaluated: usize,
     pub tasks: BTreeMap<String, TaskReport>,
@@ -103,27 +101,6 @@ pub struct Report {
     pub decoding: EvalConfig,
     /// Free text: how the weights were obtained (random init, HF weights, checkpoint).
     pub provenance: String,
-}
-
-fn split_of(name: &str) -> Result<Split, PeapodError> {
-    match name {
-        "validation" | "valid" => Ok(Split::Validation),
-        "test" => Ok(Split::Test),
-        other => Err(PeapodError::Config(format!(
-            "unknown split `{other}` (validation or test)"
-        ))),
-    }
-}
-
-fn task_of(name: &str) -> Result<Task, PeapodError> {
-    match name {
-        "sequential" => Ok(Task::Sequential),
-        "topn" | "top-n" => Ok(Task::TopN),
-        "explanation" => Ok(Task::Explanation),
-        other => Err(PeapodError::Config(format!(
-            "unknown task `{other}` (sequential, topn, explanation)"
-        ))),
-    }
 }
 
 /// A fixed sample of `n` users (every ⌈N/n⌉-th user from the first): the same users for every
@@ -139,17 +116,18 @@ pub fn fixed_user_sample(dataset: &Dataset, n: usize) -> Vec<u32> {
 /// Evaluates `model` (and the baselines on the same users and candidates).
 pub fn evaluate(
     model: &PeaPod,
-    data: &mut TrainingData,
+    data: &TrainingData,
     mf: Option<&MfModel>,
     request: &EvalRequest,
     provenance: &str,
     show: bool,
 ) -> Result<Report, PeapodError> {
     let start = Instant::now();
-    let split = split_of(&request.split)?;
-    if split == Split::Test && data.dataset.test_negatives().is_none() {
-        let negatives = load_or_generate_negatives(data.dataset.dir(), &data.dataset)?;
-        data.dataset.set_test_negatives(negatives)?;
+    let split = request.split;
+    if split == Split::Train {
+        return Err(PeapodError::Config(
+            "evaluation reads the validation or test split, not train".into(),
+        ));
     }
     let keep = request.users.as_ref().map(|u| {
         let mut v = u.clone();
@@ -167,8 +145,8 @@ pub fn evaluate(
     let mut tasks = BTreeMap::new();
     let mut baselines = BaselineReport::default();
     let mut users = std::collections::BTreeSet::new();
-    for name in &request.tasks {
-        let task = task_of(name)?;
+    for &task in &request.tasks {
+        let name = task.name().to_string();
         let examples = select(evaluation_examples(
             task,
             split,
@@ -264,7 +242,7 @@ pub fn evaluate(
     Ok(Report {
         dataset: data.dataset.name().to_string(),
         variant: model.config().variant.to_string(),
-        split: request.split.clone(),
+        split: request.split,
         seed: model.config().seed,
         users_evaluated: users.len(),
         tasks,

@@ -13,6 +13,7 @@ use peapod::train::{
     export_weights, train, TrainConfig, TrainingData, BEST_CHECKPOINT, LAST_CHECKPOINT,
 };
 use peapod::PeapodError;
+use peapod_datasets::{Split, Task};
 use peapod_t5_rec::T5Config;
 
 fn data_root() -> PathBuf {
@@ -74,11 +75,11 @@ fn weights_of(model: &PeaPod) -> Result<Vec<(String, Vec<f32>)>, PeapodError> {
         .collect()
 }
 
-fn eval(model: &PeaPod, data: &mut TrainingData) -> Result<Report, PeapodError> {
+fn eval(model: &PeaPod, data: &TrainingData) -> Result<Report, PeapodError> {
     let request = EvalRequest {
-        split: "validation".into(),
+        split: Split::Validation,
         users: Some(vec![1, 2, 3, 4]),
-        tasks: vec!["sequential".into(), "topn".into()],
+        tasks: vec![Task::Sequential, Task::TopN],
         decoding: EvalConfig {
             num_beams: 4,
             num_return_sequences: 4,
@@ -103,7 +104,7 @@ fn exists(dir: &Path, file: &str) -> bool {
 
 #[test]
 fn train_checkpoint_resume_and_evaluate_reproducibly() -> Result<(), PeapodError> {
-    let mut data = TrainingData::load(&data_root(), "beauty", None)?;
+    let data = TrainingData::load(&data_root(), "beauty", None)?;
     let q = queries(data.dataset.num_users())?;
 
     // Uninterrupted: 7 steps (an epoch here is (8 + 8) / 4 = 4 batches, so this crosses an
@@ -144,10 +145,10 @@ fn train_checkpoint_resume_and_evaluate_reproducibly() -> Result<(), PeapodError
     );
 
     // Evaluation is deterministic and survives a checkpoint round trip.
-    let report_a = eval(&model_a, &mut data)?;
+    let report_a = eval(&model_a, &data)?;
     let (reloaded, header) = load_model(&dir_b.join(LAST_CHECKPOINT), Some(&q), &Device::Cpu)?;
     assert_eq!(header.state.global_step, 7);
-    let report_b = eval(&reloaded, &mut data)?;
+    let report_b = eval(&reloaded, &data)?;
     for (task, a) in &report_a.tasks {
         assert_eq!(a.modes, report_b.tasks[task].modes, "{task}");
     }

@@ -1,17 +1,19 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use crate::negatives::Negatives;
+use crate::files::{parse_id, parse_id_lines, read_to_string};
+use crate::negatives::{
+    Negatives, NumpyMt19937, NEGATIVES_FILE, NUM_TEST_NEGATIVES, P5_NEGATIVE_SEED,
+};
 use crate::DatasetError;
 
 /// Name of the per-user sequence file inside a dataset directory.
 pub const SEQUENTIAL_FILE: &str = "sequential_data.txt";
 /// Name of the id map file inside a dataset directory.
 pub const DATAMAPS_FILE: &str = "datamaps.json";
-/// Name of the fixed top-n test negatives inside a dataset directory.
-pub const NEGATIVES_FILE: &str = "negative_samples.txt";
 
 /// Fewest items a user may have: one for training, one for validation, one for test.
 pub const MIN_ITEMS_PER_USER: usize = 3;
@@ -36,7 +38,9 @@ pub struct Dataset {
     universe: Vec<u32>,
     user_keys: Vec<String>,
     item_keys: Vec<String>,
-    test_negatives: Option<Negatives>,
+    /// Read from `negative_samples.txt` at load time when present, else drawn with P5's
+    /// procedure the first time they are asked for.
+    test_negatives: OnceLock<Negatives>,
 }
 
 #[derive(Deserialize)]
@@ -46,8 +50,9 @@ struct RawDatamaps {
 }
 
 impl Dataset {
-    /// Loads `sequential_data.txt` and `datamaps.json` from `dir`, plus `negative_samples.txt`
-    /// when it is there. The dataset's name is the directory's name.
+    /// Loads `sequential_data.txt` and `datamaps.json` from `dir`, plus the top-n test
+    /// negatives from `negative_samples.txt` when it is there (otherwise
+    /// [`Dataset::test_negatives`] draws P5's). The dataset's name is the directory's name.
     pub fn load(dir: impl AsRef<Path>) -> Result<Dataset, DatasetError> {
         let dir = dir.as_ref();
         let seq_path = dir.join(SEQUENTIAL_FILE);
@@ -82,7 +87,7 @@ impl Dataset {
 
         let neg_path = dir.join(NEGATIVES_FILE);
         if neg_path.exists() {
-            dataset.test_negatives = Some(Negatives::load(&neg_path, &dataset)?);
+            dataset.test_negatives = OnceLock::from(Negatives::load(&neg_path, &dataset)?);
         }
         Ok(dataset)
     }
@@ -182,7 +187,7 @@ impl Dataset {
             universe,
             user_keys: Vec::new(),
             item_keys: Vec::new(),
-            test_negatives: None,
+            test_negatives: OnceLock::new(),
         })
     }
 
@@ -265,10 +270,15 @@ impl Dataset {
             .map(String::as_str)
     }
 
-    /// The fixed top-n test negatives, when `negative_samples.txt` was present at load time or
-    /// was attached with [`Dataset::set_test_negatives`].
-    pub fn test_negatives(&self) -> Option<&Negatives> {
-        self.test_negatives.as_ref()
+    /// The fixed top-n test negatives: those of `negative_samples.txt` when it was present at
+    /// load time (or attached with [`Dataset::set_test_negatives`]), else P5's, drawn now with
+    /// [`P5_NEGATIVE_SEED`] exactly as P5 drew them (see [`p5_negatives`]) and kept.
+    pub fn test_negatives(&self) -> Result<&Negatives, DatasetError> {
+        if let Some(negatives) = self.test_negatives.get() {
+            return Ok(negatives);
+        }
+        let drawn = p5_negatives(self, P5_NEGATIVE_SEED)?;
+        Ok(self.test_negatives.get_or_init(|| drawn))
     }
 
     /// Attaches test negatives (e.g. from [`crate::load_or_generate_negatives`]).
@@ -281,44 +291,9 @@ impl Dataset {
                 self.num_users()
             )));
         }
-        self.test_negatives = Some(negatives);
+        self.test_negatives = OnceLock::from(negatives);
         Ok(())
     }
-}
-
-pub(crate) fn read_to_string(path: &Path) -> Result<String, DatasetError> {
-    std::fs::read_to_string(path).map_err(|e| DatasetError::io(path, e))
-}
-
-/// Parses a positive integer id, naming what it was meant to be when it is not one.
-pub(crate) fn parse_id(token: &str, what: &str) -> Result<u32, String> {
-    match token.parse::<u32>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(format!("{what} {token:?} is not a positive integer id")),
-    }
-}
-
-/// Lines of `user item item …`; returns `(user, items, line number)`.
-pub(crate) fn parse_id_lines(
-    path: &Path,
-    text: &str,
-) -> Result<Vec<(u32, Vec<u32>, usize)>, DatasetError> {
-    let mut out = Vec::new();
-    for (idx, line) in text.lines().enumerate() {
-        let line_no = idx + 1;
-        let mut tokens = line.split_whitespace();
-        let user = match tokens.next() {
-            Some(tok) => parse_id(tok, "user").map_err(|m| DatasetError::line(path, line_no, m))?,
-            None => return Err(DatasetError::line(path, line_no, "empty line")),
-        };
-        let items = tokens
-            .enumerate()
-            .map(|(pos, tok)| parse_id(tok, &format!("item (position {})", pos + 1)))
-            .collect::<Result<Vec<u32>, String>>()
-            .map_err(|m| DatasetError::line(path, line_no, m))?;
-        out.push((user, items, line_no));
-    }
-    Ok(out)
 }
 
 fn parse_sequences(path: &Path, text: &str) -> Result<Vec<(u32, Vec<u32>, usize)>, DatasetError> {
@@ -350,4 +325,143 @@ fn dense_map(
     }
     // n distinct keys all within 1..=n cover every id, so every slot is filled.
     Ok(out.into_iter().flatten().collect())
+}
+
+impl Negatives {
+    /// Reads a `negative_samples.txt` (`user item item …` per line) and checks it against the
+    /// dataset: every user exactly once, items in range.
+    pub fn load(path: impl AsRef<Path>, dataset: &Dataset) -> Result<Negatives, DatasetError> {
+        let path = path.as_ref();
+        let text = read_to_string(path)?;
+        let rows = parse_id_lines(path, &text)?;
+        let n = dataset.num_users();
+        let mut lists: Vec<Option<Vec<u32>>> = vec![None; n];
+        let mut order = Vec::with_capacity(n);
+        for (user, items, line) in rows {
+            if !dataset.contains_user(user) {
+                return Err(DatasetError::line(
+                    path,
+                    line,
+                    format!("user {user} out of range 1..={n}"),
+                ));
+            }
+            if items.is_empty() {
+                return Err(DatasetError::line(
+                    path,
+                    line,
+                    format!("user {user} has no negatives"),
+                ));
+            }
+            if let Some(pos) = items.iter().position(|&i| !dataset.contains_item(i)) {
+                return Err(DatasetError::line(
+                    path,
+                    line,
+                    format!(
+                        "item {} (position {}) out of range 1..={}",
+                        items[pos],
+                        pos + 1,
+                        dataset.num_items()
+                    ),
+                ));
+            }
+            let slot = &mut lists[user as usize - 1];
+            if slot.is_some() {
+                return Err(DatasetError::line(
+                    path,
+                    line,
+                    format!("duplicate user {user}"),
+                ));
+            }
+            *slot = Some(items);
+            order.push(user);
+        }
+        if let Some(missing) = lists.iter().position(Option::is_none) {
+            return Err(DatasetError::inconsistent(
+                path,
+                format!("user {} has no line", missing + 1),
+            ));
+        }
+        Ok(Negatives {
+            order,
+            lists: lists.into_iter().flatten().collect(),
+        })
+    }
+}
+
+/// P5's test negatives, regenerated exactly (P5 used `seed = 2022`, [`P5_NEGATIVE_SEED`]).
+///
+/// For each user in file order: repeat `np.random.choice(universe, 99, replace=False)` — in
+/// numpy's legacy generator a full Fisher–Yates permutation of the item universe truncated to
+/// its first 99 entries — and append the drawn items the user never interacted with, until at
+/// least 99 are collected; keep the first 99. Like P5, items are not de-duplicated across
+/// repeated draws, so a user needing a second draw can get an item twice (it happens in the
+/// published toys file); reproducing that is what makes the output byte-identical.
+///
+/// Where P5 would fail (numpy refuses a universe under 99 items) or never finish (a user who
+/// touched every item), this returns an error.
+pub fn p5_negatives(dataset: &Dataset, seed: u32) -> Result<Negatives, DatasetError> {
+    let mut rng = NumpyMt19937::new(seed);
+    let universe = dataset.item_universe();
+    let invalid = |message: String| {
+        DatasetError::InvalidRequest(format!("dataset {}: {message}", dataset.name()))
+    };
+    if universe.len() < NUM_TEST_NEGATIVES {
+        return Err(invalid(format!(
+            "P5's negative sampling draws {NUM_TEST_NEGATIVES} distinct items at a time; the item universe has only {}",
+            universe.len()
+        )));
+    }
+    let mut in_sequence = vec![false; dataset.num_items() + 1];
+    let mut permutation: Vec<u32> = Vec::with_capacity(universe.len());
+    let mut lists = vec![Vec::new(); dataset.num_users()];
+    let mut order = Vec::with_capacity(dataset.num_users());
+    for user in dataset.users() {
+        let seq = dataset.sequence(user);
+        let mut touched = 0;
+        for &item in seq {
+            touched += usize::from(!in_sequence[item as usize]);
+            in_sequence[item as usize] = true;
+        }
+        // Sequence items all belong to the universe. Any untouched item is eventually drawn
+        // among the first 99 of a permutation, so the loop below ends.
+        if touched == universe.len() {
+            return Err(invalid(format!(
+                "user {user} has interacted with every item of the universe; no negatives to draw"
+            )));
+        }
+        let mut kept = Vec::with_capacity(NUM_TEST_NEGATIVES * 2);
+        while kept.len() < NUM_TEST_NEGATIVES {
+            permutation.clear();
+            permutation.extend(0..universe.len() as u32);
+            rng.shuffle(&mut permutation);
+            for &idx in permutation.iter().take(NUM_TEST_NEGATIVES) {
+                let item = universe[idx as usize];
+                if !in_sequence[item as usize] {
+                    kept.push(item);
+                }
+            }
+        }
+        kept.truncate(NUM_TEST_NEGATIVES);
+        for &item in seq {
+            in_sequence[item as usize] = false;
+        }
+        lists[user as usize - 1] = kept;
+        order.push(user);
+    }
+    Ok(Negatives { order, lists })
+}
+
+/// Reads `dir/negative_samples.txt` when it exists; otherwise generates P5's negatives with
+/// [`P5_NEGATIVE_SEED`], writes them there (atomically) and returns them.
+pub fn load_or_generate_negatives(
+    dir: impl AsRef<Path>,
+    dataset: &Dataset,
+) -> Result<Negatives, DatasetError> {
+    let path: PathBuf = dir.as_ref().join(NEGATIVES_FILE);
+    if path.exists() {
+        return Negatives::load(&path, dataset);
+    }
+    let negatives = p5_negatives(dataset, P5_NEGATIVE_SEED)?;
+    negatives.write(&path)?;
+    Ok(negatives)
 }

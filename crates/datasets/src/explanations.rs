@@ -4,7 +4,7 @@ use std::path::Path;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::dataset::read_to_string;
+use crate::files::read_to_string;
 use crate::{Dataset, DatasetError, Split};
 
 /// One review sentence extracted by Sentires: the explanation `user` gave for `item`.

@@ -19,18 +19,21 @@ mod batch;
 mod dataset;
 mod error;
 mod explanations;
+mod files;
 mod negatives;
 mod tasks;
 mod templates;
 mod tokenizer;
 
 pub use batch::{Batch, TaskAlternatingBatcher};
-pub use dataset::{Dataset, DATAMAPS_FILE, MIN_ITEMS_PER_USER, NEGATIVES_FILE, SEQUENTIAL_FILE};
+pub use dataset::{
+    load_or_generate_negatives, p5_negatives, Dataset, DATAMAPS_FILE, MIN_ITEMS_PER_USER,
+    SEQUENTIAL_FILE,
+};
 pub use error::DatasetError;
 pub use explanations::{ExplanationRecord, Explanations};
 pub use negatives::{
-    load_or_generate_negatives, p5_negatives, Negatives, NumpyMt19937, NUM_TEST_NEGATIVES,
-    P5_NEGATIVE_SEED,
+    Negatives, NumpyMt19937, NEGATIVES_FILE, NUM_TEST_NEGATIVES, P5_NEGATIVE_SEED,
 };
 pub use tasks::{
     evaluation_examples, explanation_eval_examples, sample_negatives, sequential_eval_examples,

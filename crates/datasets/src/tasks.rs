@@ -1,6 +1,7 @@
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::{Dataset, DatasetError, Explanations, Negatives, Templates, NUM_TEST_NEGATIVES};
 
@@ -8,7 +9,8 @@ use crate::{Dataset, DatasetError, Explanations, Negatives, Templates, NUM_TEST_
 pub const MAX_HISTORY: usize = 20;
 
 /// The three PeaPOD tasks, with the task ids of SPEC §2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[repr(u32)]
 pub enum Task {
     Explanation = 0,
@@ -36,14 +38,61 @@ impl Task {
             Task::TopN => "topn",
         }
     }
+
+    /// The task named `name` (as [`Task::name`] spells it, or `top-n`).
+    pub fn parse(name: &str) -> Result<Task, DatasetError> {
+        match name.trim() {
+            "explanation" => Ok(Task::Explanation),
+            "sequential" => Ok(Task::Sequential),
+            "topn" | "top-n" => Ok(Task::TopN),
+            other => Err(DatasetError::InvalidRequest(format!(
+                "unknown task `{other}` (sequential, topn, explanation)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Which part of the leave-one-out split (or of the explanation file) to draw from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
     Validation,
     Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+            Split::Test => "test",
+        }
+    }
+
+    /// The split named `name` (as [`Split::name`] spells it, or `valid`).
+    pub fn parse(name: &str) -> Result<Split, DatasetError> {
+        match name.trim() {
+            "train" => Ok(Split::Train),
+            "validation" | "valid" => Ok(Split::Validation),
+            "test" => Ok(Split::Test),
+            other => Err(DatasetError::InvalidRequest(format!(
+                "unknown split `{other}` (train, validation or test)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One sequence-to-sequence pair before tokenisation.
@@ -391,8 +440,7 @@ pub fn explanation_eval_examples(
 }
 
 /// Deterministic validation or test examples of any task. Explanation without data gives an
-/// empty list; top-n test needs the dataset's test negatives (see
-/// [`crate::load_or_generate_negatives`] and [`Dataset::set_test_negatives`]).
+/// empty list; top-n test reads the dataset's test negatives ([`Dataset::test_negatives`]).
 pub fn evaluation_examples(
     task: Task,
     split: Split,
@@ -411,15 +459,7 @@ pub fn evaluation_examples(
         Task::Sequential => sequential_eval_examples(dataset, templates, split),
         Task::TopN => match split {
             Split::Validation => Ok(topn_validation_examples(dataset, templates, seed)),
-            _ => {
-                let negatives = dataset.test_negatives().ok_or_else(|| {
-                    DatasetError::InvalidRequest(format!(
-                        "top-n test of {} needs test negatives (negative_samples.txt)",
-                        dataset.name()
-                    ))
-                })?;
-                topn_test_examples(dataset, templates, negatives, seed)
-            }
+            _ => topn_test_examples(dataset, templates, dataset.test_negatives()?, seed),
         },
     }
 }

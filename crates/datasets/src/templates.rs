@@ -2,7 +2,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::dataset::read_to_string;
+use crate::files::read_to_string;
 use crate::{DatasetError, Task};
 
 /// The discrete prompt templates of the P5 protocol (`templates.json`), per task.

@@ -152,10 +152,20 @@ fn topn_eval_inputs() {
             .filter(|&&c| c != toys.valid_item(ex.user))
             .all(|c| !toys.sequence(ex.user).contains(c)));
     }
-    // Top-n test needs negatives; an in-memory dataset has none until they are attached.
+    // Without a negatives file, top-n test draws P5's negatives; with too few items for P5's
+    // procedure that is an error naming the reason.
     let tiny = Dataset::from_sequences("t", vec![(1..=6).collect(); 3], 200).unwrap();
     let err = evaluation_examples(Task::TopN, Split::Test, &tiny, &templates, None, 0).unwrap_err();
-    assert!(err.to_string().contains("needs test negatives"), "{err}");
+    assert!(err.to_string().contains("99 distinct items"), "{err}");
+    // Drawn on demand, they are P5's with its seed, and drawn once.
+    let wide =
+        Dataset::from_sequences("w", vec![(1..=6).collect(), (7..=120).collect()], 200).unwrap();
+    let drawn = wide.test_negatives().unwrap();
+    assert_eq!(
+        drawn,
+        &p5_negatives(&wide, peapod_datasets::P5_NEGATIVE_SEED).unwrap()
+    );
+    assert!(std::ptr::eq(drawn, wide.test_negatives().unwrap()));
     // Too few items for P5's procedure (99 distinct per draw): an error, not an endless loop.
     let err = p5_negatives(&tiny, 2022).unwrap_err();
     assert_eq!(err.to_string(), "dataset t: P5's negative sampling draws 99 distinct items at a time; the item universe has only 6");

@@ -1,0 +1,379 @@
+//! Runs as library calls: what `train_<dataset>`, `evaluate` and `quickstart` do — the run
+//! directory's layout, the cached MF model, the choice of checkpoint, pretrained weights and
+//! the report — so that a program (ours or a user's) is a few lines over [`train_run`] and
+//! [`evaluation_run`]. Nothing here prints; progress bars follow the `show` flags.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use peapod_datasets::{Split, Task};
+use peapod_pmf::{MfConfig, MfModel, Progress};
+use peapod_t5_rec::{load_weights, LoadOptions, LoadReport, T5Config};
+
+use crate::checkpoint::load_checkpoint;
+use crate::eval::EvalConfig;
+use crate::model::{ModelConfig, PeaPod, Variant};
+use crate::pipeline::{
+    evaluate, fixed_user_sample, load_model, train_or_load_mf, user_queries, EvalRequest, Report,
+};
+use crate::train::{
+    export_weights, train, CheckpointHeader, TrainConfig, TrainOutcome, TrainingData,
+    BEST_CHECKPOINT, LAST_CHECKPOINT,
+};
+use crate::PeapodError;
+
+/// The MF model a run's user queries come from, cached in the run directory.
+pub const MF_CACHE: &str = "mf.safetensors";
+
+/// A run directory: checkpoints (`last`, `best`), the cached MF model and the reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_checkpoint(&self) -> PathBuf {
+        self.path.join(LAST_CHECKPOINT)
+    }
+
+    pub fn best_checkpoint(&self) -> PathBuf {
+        self.path.join(BEST_CHECKPOINT)
+    }
+
+    pub fn mf_cache(&self) -> PathBuf {
+        self.path.join(MF_CACHE)
+    }
+
+    /// Where the report of an evaluation on `split` goes: `report.json` for the test split
+    /// evaluated after training, `report-<split>.json` for a later evaluation.
+    pub fn report(&self, split: Option<Split>) -> PathBuf {
+        match split {
+            None => self.path.join("report.json"),
+            Some(split) => self.path.join(format!("report-{split}.json")),
+        }
+    }
+
+    /// The checkpoint to evaluate: `best` when the run has one, else `last`; an error naming
+    /// the directory when it has neither.
+    pub fn checkpoint_to_evaluate(&self) -> Result<PathBuf, PeapodError> {
+        [self.best_checkpoint(), self.last_checkpoint()]
+            .into_iter()
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                PeapodError::Config(format!(
+                    "{} holds no checkpoint ({BEST_CHECKPOINT} or {LAST_CHECKPOINT})",
+                    self.path.display()
+                ))
+            })
+    }
+
+    /// A path a user named: a run directory (its checkpoint to evaluate) or a checkpoint file
+    /// (its directory is the run's). It must exist.
+    pub fn locate(path: &Path) -> Result<(RunDir, PathBuf), PeapodError> {
+        if path.is_dir() {
+            let run = RunDir::new(path);
+            let checkpoint = run.checkpoint_to_evaluate()?;
+            Ok((run, checkpoint))
+        } else if path.is_file() {
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            Ok((RunDir::new(dir), path.to_path_buf()))
+        } else {
+            Err(PeapodError::Config(format!(
+                "{} is neither a run directory nor a checkpoint file",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// The GPU when built with `--features cuda` and one is present, else the CPU.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(d) = Device::new_cuda(0) {
+            return d;
+        }
+    }
+    Device::Cpu
+}
+
+/// A T5 configuration by preset name (`t5-small`, `tiny`) or `config.json` path.
+pub fn t5_config(name: &str) -> Result<T5Config, PeapodError> {
+    match name {
+        "t5-small" => Ok(T5Config::t5_small()),
+        "tiny" => Ok(T5Config::tiny()),
+        path if Path::new(path).exists() => Ok(T5Config::from_hf_json(path)?),
+        other => Err(PeapodError::Config(format!(
+            "unknown config `{other}` (t5-small, tiny, or a config.json path)"
+        ))),
+    }
+}
+
+/// MF on the training interactions (`iterations`, `seed`, the paper's other settings), cached
+/// in the run directory; and the users' queries (row u−1 = user u).
+pub fn mf_and_queries(
+    data: &TrainingData,
+    iterations: usize,
+    seed: u64,
+    run: &RunDir,
+    device: &Device,
+    on_progress: impl FnMut(Progress),
+) -> Result<(MfModel, Tensor), PeapodError> {
+    let config = MfConfig {
+        iterations,
+        seed,
+        ..MfConfig::default()
+    };
+    let mf = train_or_load_mf(&data.dataset, &config, Some(&run.mf_cache()), on_progress)?;
+    let queries = user_queries(&mf, &data.dataset, device)?;
+    Ok((mf, queries))
+}
+
+/// Loads Hugging Face T5 weights (`dir/model.safetensors`) into `model`'s T5; the soft prompts
+/// and query table, which a T5 checkpoint cannot hold, keep their initialisation.
+pub fn load_pretrained_t5(model: &PeaPod, dir: &Path) -> Result<LoadReport, PeapodError> {
+    let mut options = LoadOptions::hf_pretrained();
+    options.allow_missing.extend(
+        model
+            .named_vars()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.contains("prompt") || n == "user_queries"),
+    );
+    Ok(load_weights(
+        model.varmap(),
+        dir.join("model.safetensors"),
+        &options,
+    )?)
+}
+
+impl Report {
+    /// Writes the report as pretty JSON, creating the directory.
+    pub fn write_json(&self, path: &Path) -> Result<(), PeapodError> {
+        let json =
+            serde_json::to_string_pretty(self).map_err(|e| PeapodError::Config(e.to_string()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| PeapodError::io(dir, e))?;
+        }
+        std::fs::write(path, json).map_err(|e| PeapodError::io(path, e))
+    }
+}
+
+/// Everything a training run needs (what `train_<dataset>` takes from its flags).
+#[derive(Debug, Clone)]
+pub struct TrainRun {
+    /// `data_root/<dataset>` is read, with `data_root/templates.json` and the tokenizer.
+    pub dataset: String,
+    pub data_root: PathBuf,
+    /// Explanation file; the explanation task joins training when given.
+    pub explanations: Option<PathBuf>,
+    pub variant: Variant,
+    pub t5: T5Config,
+    /// Directory with Hugging Face `model.safetensors` to start T5 from (else random).
+    pub pretrained: Option<PathBuf>,
+    pub train: TrainConfig,
+    /// MF iterations for the user queries (paper: 100).
+    pub mf_iterations: usize,
+    pub run_dir: RunDir,
+    /// Continue from the run directory's last checkpoint when it has one.
+    pub resume: bool,
+    /// Afterwards write the final weights (best when training finished, else last) here as
+    /// f16 without optimizer state.
+    pub export_f16: Option<PathBuf>,
+    /// Afterwards evaluate on the test split, on a fixed sample of this many users (0: all).
+    pub eval_users: Option<usize>,
+    /// With the evaluation: constrained decoding and exact top-n scoring too.
+    pub constrained: bool,
+    /// Progress bars on stderr.
+    pub show: bool,
+}
+
+/// What a training run did.
+pub struct TrainRunOutcome {
+    pub outcome: TrainOutcome,
+    /// How the T5 weights started (random, pretrained from a directory).
+    pub provenance: String,
+    /// Tensors loaded from the pretrained weights, when there were some.
+    pub pretrained: Option<LoadReport>,
+    pub parameters: usize,
+    /// (source checkpoint, f16 file, bytes written) of the export.
+    pub exported: Option<(PathBuf, PathBuf, u64)>,
+    /// The evaluation report and where it was written.
+    pub report: Option<(Report, PathBuf)>,
+}
+
+/// A training run: MF queries (cached), model (pretrained T5 when given), training with
+/// checkpoints in the run directory, then the optional export and evaluation.
+pub fn train_run(
+    run: &TrainRun,
+    device: &Device,
+    on_mf_progress: impl FnMut(Progress),
+) -> Result<TrainRunOutcome, PeapodError> {
+    let data = TrainingData::load(&run.data_root, &run.dataset, run.explanations.as_deref())?;
+    let (mf, queries) = mf_and_queries(
+        &data,
+        run.mf_iterations,
+        run.train.seed,
+        &run.run_dir,
+        device,
+        on_mf_progress,
+    )?;
+    let config = ModelConfig::new(run.variant, run.t5.clone(), mf.dim(), run.train.seed);
+    let model = PeaPod::new(config, Some(&queries), device)?;
+    let (pretrained, provenance) = match &run.pretrained {
+        Some(dir) => (
+            Some(load_pretrained_t5(&model, dir)?),
+            format!("initialised from {}", dir.display()),
+        ),
+        None => (None, "random initialisation".to_string()),
+    };
+    let parameters = model.num_parameters();
+    let outcome = train(
+        &model,
+        &data,
+        &run.train,
+        run.run_dir.path(),
+        run.resume,
+        run.show,
+    )?;
+    let exported = match &run.export_f16 {
+        Some(path) => {
+            let from = match &outcome.best_checkpoint {
+                Some(best) if outcome.state.finished => best.clone(),
+                _ => outcome.last_checkpoint.clone(),
+            };
+            let bytes = export_weights(&from, path, DType::F16)?;
+            Some((from, path.clone(), bytes))
+        }
+        None => None,
+    };
+    let report = match run.eval_users {
+        Some(n) => {
+            let path = outcome
+                .best_checkpoint
+                .clone()
+                .unwrap_or(outcome.last_checkpoint.clone());
+            let (model, _) = load_model(&path, Some(&queries), device)?;
+            let request = EvalRequest {
+                split: Split::Test,
+                users: Some(fixed_user_sample(&data.dataset, n)),
+                tasks: vec![Task::Sequential, Task::TopN, Task::Explanation],
+                decoding: EvalConfig {
+                    constrained: run.constrained,
+                    exact_topn: run.constrained,
+                    ..EvalConfig::default()
+                },
+            };
+            let report = evaluate(&model, &data, Some(&mf), &request, &provenance, run.show)?;
+            let path = run.run_dir.report(None);
+            report.write_json(&path)?;
+            Some((report, path))
+        }
+        None => None,
+    };
+    Ok(TrainRunOutcome {
+        outcome,
+        provenance,
+        pretrained,
+        parameters,
+        exported,
+        report,
+    })
+}
+
+/// Everything an evaluation of a trained run needs (what `evaluate` takes from its flags).
+#[derive(Debug, Clone)]
+pub struct EvalRun {
+    /// A run directory (its best checkpoint, else its last) or a checkpoint file.
+    pub checkpoint: PathBuf,
+    pub data_root: PathBuf,
+    pub explanations: Option<PathBuf>,
+    pub split: Split,
+    pub tasks: Vec<Task>,
+    /// A fixed sample of this many users (0: all).
+    pub users: usize,
+    pub decoding: EvalConfig,
+    /// Where the report goes (default: `report-<split>.json` in the run directory).
+    pub report: Option<PathBuf>,
+    pub show: bool,
+}
+
+/// Evaluates a trained run on the dataset its checkpoint names, with its cached MF model (and
+/// the MF baseline) when the run directory has one. Returns the report and where it was
+/// written.
+pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf), PeapodError> {
+    let (dir, path) = RunDir::locate(&run.checkpoint)?;
+    let (_, header): (std::collections::HashMap<String, Tensor>, CheckpointHeader) =
+        load_checkpoint(&path, &Device::Cpu)?;
+    let data = TrainingData::load(&run.data_root, &header.dataset, run.explanations.as_deref())?;
+    let mf = match dir.mf_cache() {
+        p if p.exists() => Some(MfModel::load(&p)?),
+        _ => None,
+    };
+    let queries = match &mf {
+        Some(mf) => Some(user_queries(mf, &data.dataset, device)?),
+        None => None,
+    };
+    let (model, _) = load_model(&path, queries.as_ref(), device)?;
+    let request = EvalRequest {
+        split: run.split,
+        users: (run.users > 0).then(|| fixed_user_sample(&data.dataset, run.users)),
+        tasks: run.tasks.clone(),
+        decoding: run.decoding.clone(),
+    };
+    let provenance = format!("checkpoint {}", path.display());
+    let report = evaluate(&model, &data, mf.as_ref(), &request, &provenance, run.show)?;
+    let out = run
+        .report
+        .clone()
+        .unwrap_or_else(|| dir.report(Some(run.split)));
+    report.write_json(&out)?;
+    Ok((report, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_directory_evaluates_best_then_last_and_refuses_neither() -> Result<(), PeapodError> {
+        let tmp = std::env::temp_dir().join(format!("peapod-rundir-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).map_err(|e| PeapodError::io(&tmp, e))?;
+        let run = RunDir::new(&tmp);
+        let err = run.checkpoint_to_evaluate().unwrap_err().to_string();
+        assert!(err.contains("holds no checkpoint"), "{err}");
+        std::fs::write(run.last_checkpoint(), b"x").map_err(|e| PeapodError::io(&tmp, e))?;
+        assert_eq!(run.checkpoint_to_evaluate()?, run.last_checkpoint());
+        std::fs::write(run.best_checkpoint(), b"x").map_err(|e| PeapodError::io(&tmp, e))?;
+        assert_eq!(run.checkpoint_to_evaluate()?, run.best_checkpoint());
+        // A directory or a file locate the same run; a missing path is an error.
+        assert_eq!(RunDir::locate(&tmp)?, (run.clone(), run.best_checkpoint()));
+        assert_eq!(
+            RunDir::locate(&run.last_checkpoint())?,
+            (run.clone(), run.last_checkpoint())
+        );
+        assert!(RunDir::locate(&tmp.join("missing")).is_err());
+        assert_eq!(
+            run.report(Some(Split::Validation)),
+            tmp.join("report-validation.json")
+        );
+        std::fs::remove_dir_all(&tmp).map_err(|e| PeapodError::io(&tmp, e))?;
+        Ok(())
+    }
+
+    #[test]
+    fn t5_configs_by_name_and_unknown_names() {
+        assert_eq!(t5_config("tiny").ok(), Some(T5Config::tiny()));
+        assert_eq!(t5_config("t5-small").ok(), Some(T5Config::t5_small()));
+        let err = t5_config("t5-huge").unwrap_err().to_string();
+        assert!(err.contains("unknown config `t5-huge`"), "{err}");
+    }
+}
