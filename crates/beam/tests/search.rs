@@ -1,5 +1,6 @@
 //! Behaviour of `beam_search`: brute-force cross-checks on tiny deterministic models,
-//! hand-computed HF cases, constraints and error paths.
+//! hand-computed HF cases, constraints and error paths. One file of ~800 lines on purpose:
+//! every case shares the reference models and the brute-force enumerator defined here.
 
 use std::sync::Arc;
 
