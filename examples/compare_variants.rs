@@ -56,14 +56,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let device = peapod::run::default_device();
     let data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
-    let (mf, queries) = peapod::run::mf_and_queries(
-        &data,
-        100,
-        cli.seed,
-        &peapod::run::RunDir::new(&cli.out),
-        &device,
-        common::print_mf_progress,
-    )?;
+    let (mf, queries) = common::paper_mf(&data, cli.seed, &cli.out, &device)?;
     let users = fixed_user_sample(&data.dataset, cli.users);
     let mut rows: Vec<(String, BTreeMap<String, f64>)> = Vec::new();
     let mut baselines = None;

@@ -64,14 +64,7 @@ fn main() -> anyhow::Result<()> {
         data.dataset.num_items(),
         data.dataset.num_interactions()
     );
-    let (mf, queries) = peapod::run::mf_and_queries(
-        &data,
-        100,
-        cli.seed,
-        &peapod::run::RunDir::new(&cli.out),
-        &device,
-        common::print_mf_progress,
-    )?;
+    let (mf, queries) = common::paper_mf(&data, cli.seed, &cli.out, &device)?;
 
     let shipped = cli
         .checkpoint

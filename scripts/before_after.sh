@@ -9,29 +9,21 @@
 set -euo pipefail
 OLD=$1 NEW=$2 PAIRS=${3:-3}
 pick() { grep -o "$1" | paste -sd' '; }
+# pairs LABEL PATTERN ARGS...: PAIRS rounds of the old build then the new one.
+pairs() {
+  local label=$1 pattern=$2; shift 2
+  for _ in $(seq "$PAIRS"); do
+    for side in OLD NEW; do
+      dir=${!side}
+      echo "$side $label $("$dir"/"$@" 2>&1 | pick "$pattern")"
+    done
+  done
+}
 echo "start $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)"
-for _ in $(seq "$PAIRS"); do
-  for side in OLD NEW; do
-    dir=${!side}
-    echo "$side train tiny     $("$dir"/bench_t5 --config tiny --case 40x6 --case 20x20 2>&1 | pick '"target_len":[0-9]*\|"median_s_per_step":[0-9.]*')"
-  done
-done
-for _ in $(seq "$PAIRS"); do
-  for side in OLD NEW; do
-    dir=${!side}
-    echo "$side train t5-small $("$dir"/bench_t5 --config t5-small --case 40x6 2>&1 | pick '"median_s_per_step":[0-9.]*')"
-  done
-done
-for _ in $(seq "$PAIRS"); do
-  for side in OLD NEW; do
-    dir=${!side}
-    echo "$side decode tiny     $("$dir"/bench_decode --config tiny --repeats 5 | pick '"seconds_per_batch":[0-9.]*\|"tokens_digest":"[0-9a-f]*"')"
-  done
-done
-for _ in $(seq "$PAIRS"); do
-  for side in OLD NEW; do
-    dir=${!side}
-    echo "$side decode t5-small $("$dir"/bench_decode --config t5-small --repeats 3 | pick '"seconds_per_batch":[0-9.]*\|"tokens_digest":"[0-9a-f]*"')"
-  done
-done
+STEP='"target_len":[0-9]*\|"median_s_per_step":[0-9.]*'
+BATCH='"seconds_per_batch":[0-9.]*\|"tokens_digest":"[0-9a-f]*"'
+pairs "train tiny    " "$STEP" bench_t5 --config tiny --case 40x6 --case 20x20
+pairs "train t5-small" "$STEP" bench_t5 --config t5-small --case 40x6
+pairs "decode tiny    " "$BATCH" bench_decode --config tiny --repeats 5
+pairs "decode t5-small" "$BATCH" bench_decode --config t5-small --repeats 3
 echo "end $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -213,6 +213,17 @@ mod tests {
         generate(model, enc, mask, cfg, constraint, &policy)
     }
 
+    /// `generate` with the default policy.
+    fn search(
+        model: &T5ForRec,
+        enc: &Tensor,
+        mask: &Tensor,
+        cfg: &BeamConfig,
+        constraint: &Constraint,
+    ) -> Vec<Vec<Hypothesis>> {
+        generate(model, enc, mask, cfg, constraint, &CpuPolicy::default()).unwrap()
+    }
+
     const VOCAB: usize = 64;
 
     fn model(seed: u64) -> T5ForRec {
@@ -320,15 +331,7 @@ mod tests {
         let model = model(1);
         let (enc, mask) = encoded(&model, 4);
         let cfg = BeamConfig::t5(1, 1, 8);
-        let got = generate(
-            &model,
-            &enc,
-            &mask,
-            &cfg,
-            &Constraint::None,
-            &CpuPolicy::default(),
-        )
-        .unwrap();
+        let got = search(&model, &enc, &mask, &cfg, &Constraint::None);
         assert_eq!(got.len(), 4);
         for (b, hyps) in got.iter().enumerate() {
             let mut greedy: Vec<u32> = Vec::new();
@@ -354,15 +357,7 @@ mod tests {
         let (enc, mask) = encoded(&model, 3);
         let mut cfg = BeamConfig::t5(5, 5, 6);
         cfg.length_penalty = 0.7;
-        let got = generate(
-            &model,
-            &enc,
-            &mask,
-            &cfg,
-            &Constraint::None,
-            &CpuPolicy::default(),
-        )
-        .unwrap();
+        let got = search(&model, &enc, &mask, &cfg, &Constraint::None);
         // Driving the search directly through the adapter gives the same results.
         let mut decoder = T5Decoder::new(&model);
         let state = decoder.start(&enc, &mask, cfg.num_beams).unwrap();
@@ -414,15 +409,7 @@ mod tests {
         let mut cfg = BeamConfig::t5(6, 6, 5);
         cfg.length_penalty = 0.5;
         let constraint = Constraint::PerInput(tries);
-        let got = generate(
-            &model,
-            &enc,
-            &mask,
-            &cfg,
-            &constraint,
-            &CpuPolicy::default(),
-        )
-        .unwrap();
+        let got = search(&model, &enc, &mask, &cfg, &constraint);
         // One search per input: inputs finish at different steps, results are the same.
         let alone = generate_in_parts(&model, &enc, &mask, &cfg, &constraint, 3).unwrap();
         assert_same(&alone, &got);
@@ -488,15 +475,7 @@ mod tests {
             .collect();
         let trie = Arc::new(PrefixTrie::new(items.clone(), 1).unwrap());
         let cfg = BeamConfig::t5(4, 4, 6);
-        let got = generate(
-            &model,
-            &enc,
-            &mask,
-            &cfg,
-            &Constraint::Shared(trie),
-            &CpuPolicy::default(),
-        )
-        .unwrap();
+        let got = search(&model, &enc, &mask, &cfg, &Constraint::Shared(trie));
         for hyps in &got {
             assert_eq!(hyps.len(), 4);
             for (i, h) in hyps.iter().enumerate() {

@@ -441,14 +441,24 @@ mod tests {
         }
     }
 
+    /// Every variant at the micro config, over 30 users' random 6-dimensional queries.
+    fn every_variant() -> Result<Vec<(Variant, ModelConfig, PeaPod)>, PeapodError> {
+        let queries = Tensor::randn(0f32, 1.0, (30, 6), &Device::Cpu)?;
+        Variant::ALL
+            .into_iter()
+            .map(|variant| {
+                let mut cfg = ModelConfig::new(variant, micro_t5(), 6, 3);
+                cfg.num_neighbours = 4;
+                let model = PeaPod::new(cfg.clone(), Some(&queries), &Device::Cpu)?;
+                Ok((variant, cfg, model))
+            })
+            .collect()
+    }
+
     #[test]
     fn every_variant_prepends_its_prompts_and_trains() -> Result<(), PeapodError> {
         let dev = Device::Cpu;
-        let queries = Tensor::randn(0f32, 1.0, (30, 6), &dev)?;
-        for variant in Variant::ALL {
-            let mut cfg = ModelConfig::new(variant, micro_t5(), 6, 3);
-            cfg.num_neighbours = 4;
-            let model = PeaPod::new(cfg.clone(), Some(&queries), &dev)?;
+        for (variant, cfg, model) in every_variant()? {
             let b = batch(vec![1, 30], &dev);
             let (embeds, mask) = model.encoder_input(&b)?;
             assert_eq!(
@@ -473,12 +483,7 @@ mod tests {
 
     #[test]
     fn component_weights_are_the_user_prompts_alpha_for_peapod_only() -> Result<(), PeapodError> {
-        let dev = Device::Cpu;
-        let queries = Tensor::randn(0f32, 1.0, (30, 6), &dev)?;
-        for variant in Variant::ALL {
-            let mut cfg = ModelConfig::new(variant, micro_t5(), 6, 3);
-            cfg.num_neighbours = 4;
-            let model = PeaPod::new(cfg.clone(), Some(&queries), &dev)?;
+        for (variant, cfg, model) in every_variant()? {
             let alpha = model.component_weights(&[3, 30])?;
             match variant {
                 Variant::Peapod | Variant::PeapodX => {
@@ -493,14 +498,9 @@ mod tests {
                 _ => assert!(alpha.is_none(), "{variant}"),
             }
         }
+        let (_, _, peapod) = every_variant()?.swap_remove(0);
         assert!(
-            PeaPod::new(
-                ModelConfig::new(Variant::Peapod, micro_t5(), 6, 3),
-                Some(&queries),
-                &dev
-            )?
-            .component_weights(&[0])
-            .is_err(),
+            peapod.component_weights(&[0]).is_err(),
             "user ids are 1-based"
         );
         Ok(())

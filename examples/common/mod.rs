@@ -21,6 +21,17 @@ pub fn default_data_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
+/// The paper's MF (100 iterations) cached in the run directory `out`, progress on stderr.
+pub fn paper_mf(
+    data: &peapod::train::TrainingData,
+    seed: u64,
+    out: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<(peapod_pmf::MfModel, candle_core::Tensor), PeapodError> {
+    let run = RunDir::new(out);
+    peapod::run::mf_and_queries(data, 100, seed, &run, device, print_mf_progress)
+}
+
 /// MF progress lines on stderr, every 20 iterations.
 pub fn print_mf_progress(p: peapod_pmf::Progress) {
     if p.iteration % 20 == 0 || p.iteration == p.iterations {

@@ -57,3 +57,17 @@ pub use error::{KernelError, Result};
 #[cfg(feature = "candle")]
 pub use packed::PackedWeight;
 pub use runtime::{AppliedPolicy, CpuPolicy};
+
+/// `len` values uniform in ±spread/2 from a linear congruential generator: test inputs.
+#[cfg(test)]
+pub(crate) fn pseudo_random(seed: u64, len: usize, spread: f32) -> Vec<f32> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
+        })
+        .collect()
+}

@@ -405,15 +405,7 @@ mod tests {
     }
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        crate::pseudo_random(seed, len, 1.0)
     }
 
     fn check(m: usize, n: usize, k: usize, scale: f32, kernel: Kernel) {

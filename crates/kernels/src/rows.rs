@@ -143,18 +143,7 @@ pub fn exp_non_positive(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// `width` values uniform in ±spread/2 from a linear congruential generator.
-    fn pseudo_random_row(seed: u64, width: usize, spread: f32) -> Vec<f32> {
-        let mut state = seed;
-        (0..width)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
-            })
-            .collect()
-    }
+    use crate::pseudo_random as pseudo_random_row;
 
     #[test]
     fn rows_normalise_and_match_the_definition() {

@@ -2,7 +2,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
-use super::{contiguous_f32, is_cpu_f32, row_len};
+use super::{contiguous_f32, fused_with_weight, is_cpu_f32, row_len};
 use crate::error::{KernelError, Result};
 
 /// x · wᵀ for `x` (…, d_in) and `w` (d_out, d_in), differentiable in both: one graph node on
@@ -16,24 +16,16 @@ use crate::error::{KernelError, Result};
 /// (dx = dy · w, dw = dyᵀ · x), all written straight into their outputs.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let d_in = x.dims().last().copied().unwrap_or(0);
-    let (d_out, w_in) = w.dims2()?;
-    if w_in != d_in {
-        return Err(KernelError::invalid(
-            "linear",
-            format!("input {:?} for a weight {:?}", x.dims(), w.dims()),
-        ));
-    }
-    if is_cpu_f32(x) && w.dtype() == DType::F32 && d_in > 0 {
-        return Ok(x
-            .contiguous()?
-            .apply_op2(&w.contiguous()?, RowsTimesWeight { transposed: true })?);
-    }
-    let dims = x.dims();
-    let rows = x.elem_count() / d_in.max(1);
-    let y = x.reshape((rows, d_in))?.matmul(&w.t()?)?;
-    let mut out_dims = dims[..dims.len() - 1].to_vec();
-    out_dims.push(d_out);
-    Ok(y.reshape(out_dims)?)
+    let d_out = w.dims().first().copied().unwrap_or(0);
+    let op = RowsTimesWeight { transposed: true };
+    fused_with_weight("linear", x, w, &[d_out, d_in], op, || {
+        let dims = x.dims();
+        let rows = x.elem_count() / d_in.max(1);
+        let y = x.reshape((rows, d_in))?.matmul(&w.t()?)?;
+        let mut out_dims = dims[..dims.len() - 1].to_vec();
+        out_dims.push(d_out);
+        Ok(y.reshape(out_dims)?)
+    })
 }
 
 /// `scale` · x · wᵀ for `x` (…, d_in) and `w` (d_out, d_in), written row-major into `out`

@@ -59,6 +59,28 @@ pub fn with_cpu_f32<R>(x: &Tensor, what: &'static str, f: impl FnOnce(&[f32]) ->
     }
 }
 
+/// `op` applied to `x` and a weight `w` whose width must be `expected` (checked, naming `name`):
+/// the fused CPU kernel for f32 rows of non-zero width, `composed` everywhere else.
+fn fused_with_weight<C: candle_core::CustomOp2 + Send + Sync + 'static>(
+    name: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    expected: &[usize],
+    op: C,
+    composed: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    if w.dims() != expected {
+        return Err(KernelError::invalid(
+            name,
+            format!("input {:?} for a weight {:?}", x.dims(), w.dims()),
+        ));
+    }
+    if is_cpu_f32(x) && w.dtype() == DType::F32 && x.dims().last().is_some_and(|&d| d > 0) {
+        return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?);
+    }
+    composed()
+}
+
 fn row_len(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1).max(1)
 }

@@ -1,10 +1,10 @@
 //! T5's layer norm (RMS scaling, no mean, no bias), differentiable.
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, is_cpu_f32, row_len, MIN_ROWS_PER_TASK};
-use crate::error::{KernelError, Result};
+use super::{contiguous_f32, fused_with_weight, row_len, MIN_ROWS_PER_TASK};
+use crate::error::Result;
 
 /// T5's layer norm x ⊙ w / √(mean(x²) + eps) over the last dimension, differentiable in `x`
 /// and `w`: one pass forward and two backward on the CPU for f32, the composed ops elsewhere.
@@ -15,20 +15,12 @@ use crate::error::{KernelError, Result};
 /// t5-small.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let d = x.dims().last().copied().unwrap_or(0);
-    if weight.dims() != [d] {
-        return Err(KernelError::invalid(
-            "rms_norm",
-            format!("input {:?} for a weight {:?}", x.dims(), weight.dims()),
-        ));
-    }
-    if is_cpu_f32(x) && weight.dtype() == DType::F32 && d > 0 {
-        return Ok(x
-            .contiguous()?
-            .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })?);
-    }
-    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(x.broadcast_mul(weight)?)
+    let op = RmsNorm { eps: eps as f32 };
+    fused_with_weight("rms_norm", x, weight, &[d], op, || {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+        Ok(x.broadcast_mul(weight)?)
+    })
 }
 
 /// Per row: 1 / √(mean(x²) + eps).
