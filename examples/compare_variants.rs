@@ -54,34 +54,36 @@ fn main() -> anyhow::Result<()> {
     // Process-wide allocator and worker-pool settings, once, before any tensor exists.
     peapod::CpuPolicy::default().apply_to_process();
     let cli = Cli::parse();
+    // Every flag is checked before any work starts.
+    let variants = cli
+        .variants
+        .split(',')
+        .map(|name| Variant::parse(name.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let t5 = peapod::run::t5_config(&cli.config)?;
+    let train_config = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        optimizer: AdamWConfig {
+            lr: cli.lr,
+            ..AdamWConfig::default()
+        },
+        seed: cli.seed,
+        valid_users: Some(256),
+        max_seconds: Some(cli.budget_minutes * 60.0),
+        max_steps: cli.budget_steps,
+        ..TrainConfig::default()
+    };
+    train_config.validate()?;
     let device = peapod::run::default_device();
     let data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
     let (mf, queries) = common::paper_mf(&data, cli.seed, &cli.out, &device)?;
     let users = fixed_user_sample(&data.dataset, cli.users);
     let mut rows: Vec<(String, BTreeMap<String, f64>)> = Vec::new();
     let mut baselines = None;
-    for name in cli.variants.split(',') {
-        let variant = Variant::parse(name.trim())?;
-        let config = ModelConfig::new(
-            variant,
-            peapod::run::t5_config(&cli.config)?,
-            mf.dim(),
-            cli.seed,
-        );
+    for variant in variants {
+        let config = ModelConfig::new(variant, t5.clone(), mf.dim(), cli.seed);
         let model = PeaPod::new(config, Some(&queries), &device)?;
-        let train_config = TrainConfig {
-            epochs: 1,
-            batch_size: 32,
-            optimizer: AdamWConfig {
-                lr: cli.lr,
-                ..AdamWConfig::default()
-            },
-            seed: cli.seed,
-            valid_users: Some(256),
-            max_seconds: Some(cli.budget_minutes * 60.0),
-            max_steps: cli.budget_steps,
-            ..TrainConfig::default()
-        };
         match cli.budget_steps {
             Some(steps) => eprintln!(
                 "== {variant}: training {steps} steps (at most {:.1} min)",

@@ -66,11 +66,12 @@ fn main() -> anyhow::Result<()> {
     );
     let (mf, queries) = common::paper_mf(&data, cli.seed, &cli.out, &device)?;
 
-    let shipped = cli
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| data_root.join("checkpoints/beauty-tiny-peapod.safetensors"));
-    let from_checkpoint = shipped.exists();
+    let default = data_root.join("checkpoints/beauty-tiny-peapod.safetensors");
+    // A checkpoint named with --checkpoint must exist and be of beauty; only the shipped
+    // default may be absent.
+    let start = peapod::run::starting_checkpoint(cli.checkpoint.as_deref(), &default, "beauty")?;
+    let from_checkpoint = start.is_some();
+    let shipped = start.unwrap_or(default);
     let train_minutes = cli
         .train_minutes
         .unwrap_or(if from_checkpoint { 1.0 } else { 3.0 });

@@ -84,6 +84,40 @@ pub fn load_checkpoint<H: DeserializeOwned>(
     Ok((tensors, header))
 }
 
+/// Reads only the JSON header of a checkpoint written by [`save_checkpoint`] (the file's first
+/// bytes), without its tensors.
+pub fn read_checkpoint_header<H: DeserializeOwned>(path: &Path) -> Result<H, PeapodError> {
+    use std::io::Read;
+    let bad = |what: String| PeapodError::checkpoint(path, what);
+    let mut file = fs::File::open(path).map_err(|e| PeapodError::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(|e| PeapodError::io(path, e))?.len();
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return Err(bad(format!(
+            "not a safetensors file: a header of {len} bytes in a file of {size}"
+        )));
+    }
+    let mut json = vec![0u8; len as usize];
+    file.read_exact(&mut json)
+        .map_err(|e| bad(format!("truncated header: {e}")))?;
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let outer: Outer =
+        serde_json::from_slice(&json).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let header = outer
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(HEADER_KEY))
+        .ok_or_else(|| bad("no PeaPOD header: not a checkpoint of this project".into()))?;
+    serde_json::from_str(header).map_err(|e| bad(format!("bad header: {e}")))
+}
+
 fn temp_sibling(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
@@ -117,6 +151,7 @@ mod tests {
         save_checkpoint(&path, &tensors, &header, None)?;
         let (back, h): (_, Header) = load_checkpoint(&path, &Device::Cpu)?;
         assert_eq!(h, header);
+        assert_eq!(read_checkpoint_header::<Header>(&path)?, header);
         assert_eq!(back["a.weight"].to_vec2::<f32>()?, t.to_vec2::<f32>()?);
         // No temporary file is left beside it.
         let names: Vec<_> = fs::read_dir(path.parent().unwrap_or(dir.path()))
@@ -137,6 +172,10 @@ mod tests {
         let path = dir.path().join("x.safetensors");
         fs::write(&path, b"garbage").expect("write");
         let err = load_checkpoint::<Header>(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.safetensors"), "{err}");
+        let err = read_checkpoint_header::<Header>(&path)
             .unwrap_err()
             .to_string();
         assert!(err.contains("x.safetensors"), "{err}");

@@ -52,6 +52,40 @@ impl Default for EvalConfig {
     }
 }
 
+impl EvalConfig {
+    /// Checks every setting's domain, naming the first that is out of it.
+    pub fn validate(&self) -> Result<(), PeapodError> {
+        let checks = [
+            (
+                self.num_beams > 0,
+                "num_beams (--beams) must be at least 1, not 0".to_string(),
+            ),
+            (
+                (1..=self.num_beams).contains(&self.num_return_sequences),
+                format!(
+                    "num_return_sequences must lie in 1..={}, not {}",
+                    self.num_beams, self.num_return_sequences
+                ),
+            ),
+            (
+                self.batch_size > 0,
+                "batch_size (--batch-size) must be at least 1, not 0".to_string(),
+            ),
+            (
+                self.max_item_length > 1 && self.max_explanation_length > 1,
+                format!(
+                    "maximum lengths count the start token and must exceed 1, not {} and {}",
+                    self.max_item_length, self.max_explanation_length
+                ),
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, what)) => Err(PeapodError::Config(format!("decoding settings: {what}"))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Metrics of one task under each decoding mode that ran (`"beam"`, `"constrained"`, `"exact"`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskReport {

@@ -82,7 +82,7 @@ impl std::fmt::Display for Variant {
 }
 
 /// Everything needed to rebuild a [`PeaPod`] (stored in checkpoints).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub variant: Variant,
     pub t5: T5Config,

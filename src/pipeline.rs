@@ -123,6 +123,7 @@ pub fn evaluate(
     show: bool,
 ) -> Result<Report, PeapodError> {
     let start = Instant::now();
+    request.decoding.validate()?;
     let split = request.split;
     if split == Split::Train {
         return Err(PeapodError::Config(

@@ -3,14 +3,16 @@
 //! the report — so that a program (ours or a user's) is a few lines over [`train_run`] and
 //! [`evaluation_run`]. Nothing here prints; progress bars follow the `show` flags.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use peapod_datasets::{Split, Task};
+use peapod_datasets::{Split, Task, DATAMAPS_FILE, NEGATIVES_FILE, SEQUENTIAL_FILE};
 use peapod_pmf::{MfConfig, MfModel, Progress};
 use peapod_t5_rec::{load_weights, LoadOptions, LoadReport, T5Config};
+use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::load_checkpoint;
+use crate::checkpoint::read_checkpoint_header;
 use crate::eval::EvalConfig;
 use crate::model::{ModelConfig, PeaPod, Variant};
 use crate::pipeline::{
@@ -24,6 +26,127 @@ use crate::PeapodError;
 
 /// The MF model a run's user queries come from, cached in the run directory.
 pub const MF_CACHE: &str = "mf.safetensors";
+/// What made a run directory ([`RunManifest`]).
+pub const RUN_MANIFEST: &str = "run.json";
+
+/// What made a run directory: the dataset and the exact data files it read, how items were
+/// indexed, the model and the MF settings. A run directory is bound to its manifest
+/// ([`RunDir::bind`]): a run with anything different is refused before it writes a byte there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    pub dataset: String,
+    /// How items are numbered (`sequential`: P5's ids as the files give them).
+    pub indexing: String,
+    pub model: ModelConfig,
+    pub mf: MfConfig,
+    /// SHA-256 (hex) of every data file read, by its path under the data root (or the
+    /// explanation file's name).
+    pub data: BTreeMap<String, String>,
+}
+
+impl RunManifest {
+    /// The manifest of a run on `dataset` under `data_root` (with `explanations` when given).
+    pub fn describe(
+        dataset: &str,
+        data_root: &Path,
+        explanations: Option<&Path>,
+        model: ModelConfig,
+        mf: MfConfig,
+    ) -> Result<Self, PeapodError> {
+        let mut files: Vec<(String, PathBuf)> = [
+            format!("{dataset}/{SEQUENTIAL_FILE}"),
+            format!("{dataset}/{DATAMAPS_FILE}"),
+            format!("{dataset}/{NEGATIVES_FILE}"),
+            "templates.json".to_string(),
+            "tokenizer/t5-tokenizer.json".to_string(),
+        ]
+        .into_iter()
+        .map(|name| {
+            let path = data_root.join(&name);
+            (name, path)
+        })
+        // The negatives file is optional: without it they are drawn (deterministically).
+        .filter(|(name, path)| !name.ends_with(NEGATIVES_FILE) || path.exists())
+        .collect();
+        if let Some(path) = explanations {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((format!("explanations/{name}"), path.to_path_buf()));
+        }
+        let mut data = BTreeMap::new();
+        for (name, path) in files {
+            data.insert(name, file_sha256(&path)?);
+        }
+        Ok(Self {
+            dataset: dataset.to_string(),
+            indexing: "sequential".to_string(),
+            model,
+            mf,
+            data,
+        })
+    }
+
+    /// What differs between `self` (the directory's) and `other` (a new run's), in words.
+    pub fn differences(&self, other: &RunManifest) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.dataset != other.dataset {
+            out.push(format!(
+                "dataset {} (this run: {})",
+                self.dataset, other.dataset
+            ));
+        }
+        if self.indexing != other.indexing {
+            out.push(format!(
+                "indexing {} (this run: {})",
+                self.indexing, other.indexing
+            ));
+        }
+        if self.model != other.model {
+            let model = |m: &ModelConfig| {
+                format!("{} at d_model {}, seed {}", m.variant, m.t5.d_model, m.seed)
+            };
+            out.push(format!(
+                "model {} (this run: {}; or another of their settings)",
+                model(&self.model),
+                model(&other.model)
+            ));
+        }
+        if self.mf != other.mf {
+            out.push(format!(
+                "MF settings ({} iterations, seed {}; this run: {} iterations, seed {})",
+                self.mf.iterations, self.mf.seed, other.mf.iterations, other.mf.seed
+            ));
+        }
+        if self.dataset == other.dataset && self.data != other.data {
+            let changed: Vec<&str> = self
+                .data
+                .iter()
+                .filter(|(name, hash)| other.data.get(*name) != Some(hash))
+                .chain(
+                    other
+                        .data
+                        .iter()
+                        .filter(|(name, _)| !self.data.contains_key(*name)),
+                )
+                .map(|(name, _)| name.as_str())
+                .collect();
+            out.push(format!("data files changed since: {}", changed.join(", ")));
+        }
+        out
+    }
+}
+
+/// SHA-256 of a file, hex.
+fn file_sha256(path: &Path) -> Result<String, PeapodError> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).map_err(|e| PeapodError::io(path, e))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
 
 /// A run directory: checkpoints (`last`, `best`), the cached MF model and the reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +184,66 @@ impl RunDir {
         }
     }
 
+    /// The directory's manifest, when it has one.
+    pub fn manifest(&self) -> Result<Option<RunManifest>, PeapodError> {
+        let path = self.path.join(RUN_MANIFEST);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| PeapodError::io(&path, e))?;
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            PeapodError::Config(format!("{}: not a run manifest: {e}", path.display()))
+        })
+    }
+
+    /// Binds the directory to `manifest`: a directory bound to another run is refused, naming
+    /// what differs, before anything is written; an unbound one (new, or written before
+    /// manifests existed, whose checkpoint must then be of the same dataset and model) gets
+    /// `run.json`.
+    pub fn bind(&self, manifest: &RunManifest) -> Result<(), PeapodError> {
+        let refuse = |what: Vec<String>| {
+            PeapodError::Config(format!(
+                "run directory {} belongs to another run: {}. Use another output directory, \
+                 or delete this one to start over",
+                self.path.display(),
+                what.join("; ")
+            ))
+        };
+        match self.manifest()? {
+            Some(existing) if existing == *manifest => return Ok(()),
+            Some(existing) => return Err(refuse(existing.differences(manifest))),
+            None => {}
+        }
+        for checkpoint in [self.last_checkpoint(), self.best_checkpoint()] {
+            if checkpoint.exists() {
+                let header: CheckpointHeader = read_checkpoint_header(&checkpoint)?;
+                let mut what = Vec::new();
+                if header.dataset != manifest.dataset {
+                    what.push(format!(
+                        "{} holds a {} checkpoint (this run: {})",
+                        checkpoint.display(),
+                        header.dataset,
+                        manifest.dataset
+                    ));
+                }
+                if header.model != manifest.model {
+                    what.push(format!(
+                        "{} was written for another model",
+                        checkpoint.display()
+                    ));
+                }
+                if !what.is_empty() {
+                    return Err(refuse(what));
+                }
+            }
+        }
+        std::fs::create_dir_all(&self.path).map_err(|e| PeapodError::io(&self.path, e))?;
+        let path = self.path.join(RUN_MANIFEST);
+        let json = serde_json::to_string_pretty(manifest)
+            .map_err(|e| PeapodError::Config(e.to_string()))?;
+        std::fs::write(&path, json).map_err(|e| PeapodError::io(&path, e))
+    }
+
     /// The checkpoint to evaluate: `best` when the run has one, else `last`; an error naming
     /// the directory when it has neither.
     pub fn checkpoint_to_evaluate(&self) -> Result<PathBuf, PeapodError> {
@@ -92,6 +275,36 @@ impl RunDir {
             )))
         }
     }
+}
+
+/// The checkpoint a run on `dataset` starts from: the one the user `named` — which must exist —
+/// or else `default` when it exists (`None` when it does not: the caller starts from scratch).
+/// Either way the checkpoint must be of `dataset`.
+pub fn starting_checkpoint(
+    named: Option<&Path>,
+    default: &Path,
+    dataset: &str,
+) -> Result<Option<PathBuf>, PeapodError> {
+    let path = match named {
+        Some(path) if !path.is_file() => {
+            return Err(PeapodError::Config(format!(
+                "checkpoint {} does not exist",
+                path.display()
+            )))
+        }
+        Some(path) => path,
+        None if default.is_file() => default,
+        None => return Ok(None),
+    };
+    let header: CheckpointHeader = read_checkpoint_header(path)?;
+    if header.dataset != dataset {
+        return Err(PeapodError::Config(format!(
+            "{} is a {} checkpoint; this run is on {dataset}",
+            path.display(),
+            header.dataset
+        )));
+    }
+    Ok(Some(path.to_path_buf()))
 }
 
 /// The GPU when built with `--features cuda` and one is present, else the CPU.
@@ -127,14 +340,19 @@ pub fn mf_and_queries(
     device: &Device,
     on_progress: impl FnMut(Progress),
 ) -> Result<(MfModel, Tensor), PeapodError> {
-    let config = MfConfig {
-        iterations,
-        seed,
-        ..MfConfig::default()
-    };
+    let config = mf_config(iterations, seed);
     let mf = train_or_load_mf(&data.dataset, &config, Some(&run.mf_cache()), on_progress)?;
     let queries = user_queries(&mf, &data.dataset, device)?;
     Ok((mf, queries))
+}
+
+/// The paper's MF settings with `iterations` and `seed`.
+pub fn mf_config(iterations: usize, seed: u64) -> MfConfig {
+    MfConfig {
+        iterations,
+        seed,
+        ..MfConfig::default()
+    }
 }
 
 /// Loads Hugging Face T5 weights (`dir/model.safetensors`) into `model`'s T5; the soft prompts
@@ -217,7 +435,20 @@ pub fn train_run(
     device: &Device,
     on_mf_progress: impl FnMut(Progress),
 ) -> Result<TrainRunOutcome, PeapodError> {
+    // Every setting is checked before anything is read or written.
+    run.train.validate()?;
+    mf_config(run.mf_iterations, run.train.seed).validate()?;
     let data = TrainingData::load(&run.data_root, &run.dataset, run.explanations.as_deref())?;
+    let mf_settings = mf_config(run.mf_iterations, run.train.seed);
+    let config = ModelConfig::new(run.variant, run.t5.clone(), mf_settings.dim, run.train.seed);
+    let manifest = RunManifest::describe(
+        &run.dataset,
+        &run.data_root,
+        run.explanations.as_deref(),
+        config.clone(),
+        mf_settings,
+    )?;
+    run.run_dir.bind(&manifest)?;
     let (mf, queries) = mf_and_queries(
         &data,
         run.mf_iterations,
@@ -226,7 +457,6 @@ pub fn train_run(
         device,
         on_mf_progress,
     )?;
-    let config = ModelConfig::new(run.variant, run.t5.clone(), mf.dim(), run.train.seed);
     let model = PeaPod::new(config, Some(&queries), device)?;
     let (pretrained, provenance) = match &run.pretrained {
         Some(dir) => (
@@ -310,9 +540,41 @@ pub struct EvalRun {
 /// the MF baseline) when the run directory has one. Returns the report and where it was
 /// written.
 pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf), PeapodError> {
+    run.decoding.validate()?;
+    if run.split == Split::Train {
+        return Err(PeapodError::Config(
+            "evaluation reads the validation or test split, not train".into(),
+        ));
+    }
     let (dir, path) = RunDir::locate(&run.checkpoint)?;
-    let (_, header): (std::collections::HashMap<String, Tensor>, CheckpointHeader) =
-        load_checkpoint(&path, &Device::Cpu)?;
+    let header: CheckpointHeader = read_checkpoint_header(&path)?;
+    // The data must be what the run was trained on.
+    if let Some(manifest) = dir.manifest()? {
+        let now = RunManifest::describe(
+            &manifest.dataset,
+            &run.data_root,
+            run.explanations.as_deref(),
+            manifest.model.clone(),
+            manifest.mf.clone(),
+        )?;
+        let trained_on: BTreeMap<&String, &String> = manifest
+            .data
+            .iter()
+            .filter(|(name, _)| !name.starts_with("explanations/"))
+            .collect();
+        let current: BTreeMap<&String, &String> = now
+            .data
+            .iter()
+            .filter(|(name, _)| !name.starts_with("explanations/"))
+            .collect();
+        if trained_on != current {
+            return Err(PeapodError::Config(format!(
+                "{} was trained on other data: {}",
+                dir.path().display(),
+                manifest.differences(&now).join("; ")
+            )));
+        }
+    }
     let data = TrainingData::load(&run.data_root, &header.dataset, run.explanations.as_deref())?;
     let mf = match dir.mf_cache() {
         p if p.exists() => Some(MfModel::load(&p)?),

@@ -79,6 +79,79 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Checks every setting's domain, naming the first that is out of it: a run is refused
+    /// before it starts rather than trained with a meaningless setting.
+    pub fn validate(&self) -> Result<(), PeapodError> {
+        let o = &self.optimizer;
+        let checks = [
+            (
+                self.epochs > 0,
+                format!("epochs must be at least 1, not {}", self.epochs),
+            ),
+            (
+                self.batch_size > 0,
+                "batch_size must be at least 1, not 0".to_string(),
+            ),
+            (
+                self.eval_batch_size > 0,
+                "eval_batch_size must be at least 1, not 0".to_string(),
+            ),
+            (
+                self.checkpoint_every > 0,
+                "checkpoint_every must be at least 1, not 0".to_string(),
+            ),
+            (
+                self.batch_slices > 0,
+                "batch_slices must be at least 1, not 0".to_string(),
+            ),
+            (
+                o.lr.is_finite() && o.lr > 0.0,
+                format!(
+                    "the learning rate must be finite and positive, not {}",
+                    o.lr
+                ),
+            ),
+            (
+                (0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2),
+                format!(
+                    "beta1 and beta2 must lie in [0, 1), not {} and {}",
+                    o.beta1, o.beta2
+                ),
+            ),
+            (
+                o.eps.is_finite() && o.eps > 0.0,
+                format!("eps must be finite and positive, not {}", o.eps),
+            ),
+            (
+                o.weight_decay.is_finite() && o.weight_decay >= 0.0,
+                format!(
+                    "weight_decay must be finite and non-negative, not {}",
+                    o.weight_decay
+                ),
+            ),
+            (
+                o.max_grad_norm.is_none_or(|m| m.is_finite() && m > 0.0),
+                format!(
+                    "max_grad_norm must be finite and positive, not {:?}",
+                    o.max_grad_norm
+                ),
+            ),
+            (
+                self.max_seconds.is_none_or(|s| s.is_finite() && s >= 0.0),
+                format!(
+                    "max_seconds must be finite and non-negative, not {:?}",
+                    self.max_seconds
+                ),
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, what)) => Err(PeapodError::Config(format!("training settings: {what}"))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One finished epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -253,11 +326,7 @@ pub fn train(
     resume: bool,
     show_progress: bool,
 ) -> Result<TrainOutcome, PeapodError> {
-    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 || cfg.checkpoint_every == 0 {
-        return Err(PeapodError::Config(
-            "batch sizes and checkpoint_every must be positive".into(),
-        ));
-    }
+    cfg.validate()?;
     let last_path = out_dir.join(LAST_CHECKPOINT);
     let best_path = out_dir.join(BEST_CHECKPOINT);
     let mut optimizer = AdamW::new(model.named_vars(), cfg.optimizer)?;
@@ -265,6 +334,16 @@ pub fn train(
     if resume && last_path.exists() {
         let (tensors, header): (_, CheckpointHeader) = load_checkpoint(&last_path, model.device())?;
         check_compatible(&last_path, &header, model.config(), cfg)?;
+        if header.dataset != data.dataset.name() {
+            return Err(PeapodError::checkpoint(
+                &last_path,
+                format!(
+                    "it is a {} run; this one trains on {}: use another output directory",
+                    header.dataset,
+                    data.dataset.name()
+                ),
+            ));
+        }
         model.set_weights(&tensors)?;
         optimizer.load_state(&tensors, header.optimizer_step)?;
         state = header.state;

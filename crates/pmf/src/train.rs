@@ -419,6 +419,9 @@ pub(crate) fn fit(
             });
 
         let mean_loss = user_loss.iter().sum::<f64>() / num_triples as f64;
+        if !mean_loss.is_finite() {
+            return Err(diverged(iteration + 1, mean_loss, config));
+        }
         let t = i32::try_from(iteration + 1).unwrap_or(i32::MAX);
         if let Some(p) = users.as_slice_mut() {
             adam_users.step(p, &mut shadow_users, &grad_users, config, t);
@@ -432,5 +435,17 @@ pub(crate) fn fit(
             loss: mean_loss,
         });
     }
+    // A step can overflow without the loss (computed before it) showing it yet.
+    if users.iter().chain(items.iter()).any(|v| !v.is_finite()) {
+        return Err(diverged(config.iterations, f64::NAN, config));
+    }
     Ok(Factors { users, items })
+}
+
+fn diverged(iteration: usize, loss: f64, config: &MfConfig) -> PmfError {
+    PmfError::Numerical(format!(
+        "MF training diverged at iteration {iteration} (loss {loss}, or non-finite factors): \
+         lower the learning rate (now {})",
+        config.learning_rate
+    ))
 }

@@ -259,6 +259,25 @@ fn training_learns_the_planted_clusters_and_loss_falls() {
 }
 
 #[test]
+fn a_diverging_run_is_an_error_not_nan_factors() {
+    let train = Interactions::training_split(&clustered_sequences(40), 2).unwrap();
+    let config = MfConfig {
+        learning_rate: 1e30,
+        ..small_config()
+    };
+    match MfModel::train(&train, &config) {
+        Err(PmfError::Numerical(message)) => {
+            assert!(message.contains("lower the learning rate"), "{message}")
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(model) => panic!(
+            "trained to factors such as {:?}",
+            model.embedding(1).map(|e| e[0])
+        ),
+    }
+}
+
+#[test]
 fn fold_in_ranks_like_the_learned_embedding() {
     let sequences = clustered_sequences(40);
     let train = Interactions::training_split(&sequences, 2).unwrap();

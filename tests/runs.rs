@@ -1,0 +1,240 @@
+//! Run directories are bound to what made them: a run of other data, model or settings is
+//! refused before it writes anything, and an evaluation refuses data that changed since
+//! training.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use peapod::eval::EvalConfig;
+use peapod::model::Variant;
+use peapod::optim::AdamWConfig;
+use peapod::run::{
+    evaluation_run, starting_checkpoint, train_run, EvalRun, RunDir, TrainRun, RUN_MANIFEST,
+};
+use peapod::train::TrainConfig;
+use peapod_datasets::{Split, Task};
+use peapod_t5_rec::T5Config;
+
+fn data_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+fn micro_t5() -> T5Config {
+    T5Config {
+        d_model: 16,
+        d_kv: 4,
+        d_ff: 32,
+        num_heads: 4,
+        num_layers: 1,
+        num_decoder_layers: 1,
+        ..T5Config::tiny()
+    }
+}
+
+/// One optimizer step on 8 users, MF for one iteration.
+fn tiny_run(dataset: &str, data_root: &Path, dir: &Path) -> TrainRun {
+    TrainRun {
+        dataset: dataset.to_string(),
+        data_root: data_root.to_path_buf(),
+        explanations: None,
+        variant: Variant::Peapod,
+        t5: micro_t5(),
+        pretrained: None,
+        train: TrainConfig {
+            epochs: 1,
+            batch_size: 4,
+            optimizer: AdamWConfig {
+                lr: 1e-2,
+                ..AdamWConfig::default()
+            },
+            seed: 7,
+            max_users: Some(8),
+            valid_users: Some(4),
+            max_steps: Some(1),
+            eval_batch_size: 4,
+            ..TrainConfig::default()
+        },
+        mf_iterations: 1,
+        run_dir: RunDir::new(dir),
+        resume: true,
+        export_f16: None,
+        eval_users: None,
+        constrained: false,
+        show: false,
+    }
+}
+
+/// Every file of a directory with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("run directory")
+        .filter_map(Result::ok)
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).expect("file");
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from)
+        .expect("read_dir")
+        .filter_map(Result::ok)
+    {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_data(
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("beauty-run");
+    let device = candle_core::Device::Cpu;
+    train_run(&tiny_run("beauty", &data_root(), &dir), &device, |_| {})?;
+    assert!(dir.join(RUN_MANIFEST).exists());
+    let before = snapshot(&dir);
+
+    // Another dataset, another variant, other MF settings: each refused, nothing touched.
+    let toys = tiny_run("toys", &data_root(), &dir);
+    let err = train_run(&toys, &device, |_| {})
+        .err()
+        .map(|e| e.to_string());
+    let err = err.expect("a toys run into a beauty run directory must be refused");
+    assert!(err.contains("dataset beauty (this run: toys)"), "{err}");
+    let mut pod = tiny_run("beauty", &data_root(), &dir);
+    pod.variant = Variant::Pod;
+    assert!(train_run(&pod, &device, |_| {}).is_err());
+    let mut more_mf = tiny_run("beauty", &data_root(), &dir);
+    more_mf.mf_iterations = 2;
+    let err = train_run(&more_mf, &device, |_| {})
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.unwrap_or_default().contains("MF settings"));
+    // --no-resume does not make another run's directory writable either.
+    let mut afresh = tiny_run("toys", &data_root(), &dir);
+    afresh.resume = false;
+    assert!(train_run(&afresh, &device, |_| {}).is_err());
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "a refused run changed the directory"
+    );
+
+    // The same run again is accepted (it resumes, already finished).
+    train_run(&tiny_run("beauty", &data_root(), &dir), &device, |_| {})?;
+
+    // A checkpoint to start from: a named one must exist and be of the run's dataset; only
+    // the default may be absent.
+    let last = RunDir::new(&dir).last_checkpoint();
+    let missing = dir.join("missing.safetensors");
+    assert_eq!(
+        starting_checkpoint(Some(&last), &missing, "beauty")?,
+        Some(last.clone())
+    );
+    assert_eq!(
+        starting_checkpoint(None, &last, "beauty")?,
+        Some(last.clone())
+    );
+    assert_eq!(starting_checkpoint(None, &missing, "beauty")?, None);
+    let err = starting_checkpoint(Some(&missing), &last, "beauty")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    let err = starting_checkpoint(Some(&last), &missing, "toys")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is a beauty checkpoint; this run is on toys"),
+        "{err}"
+    );
+
+    // Evaluation refuses data that changed since training: a copy of the data root with one
+    // more user line.
+    let copy = tmp.path().join("data");
+    for part in ["beauty", "tokenizer"] {
+        copy_dir(&data_root().join(part), &copy.join(part));
+    }
+    std::fs::copy(
+        data_root().join("templates.json"),
+        copy.join("templates.json"),
+    )?;
+    let eval = |root: &Path| EvalRun {
+        checkpoint: dir.clone(),
+        data_root: root.to_path_buf(),
+        explanations: None,
+        split: Split::Validation,
+        tasks: vec![Task::Sequential],
+        users: 2,
+        decoding: EvalConfig {
+            num_beams: 2,
+            num_return_sequences: 2,
+            ..EvalConfig::default()
+        },
+        report: Some(tmp.path().join("report.json")),
+        show: false,
+    };
+    evaluation_run(&eval(&copy), &device)?;
+    let sequences = copy.join("beauty/sequential_data.txt");
+    let mut text = std::fs::read_to_string(&sequences)?;
+    text.push_str("22364 1 2 3\n");
+    std::fs::write(&sequences, text)?;
+    let err = evaluation_run(&eval(&copy), &device)
+        .err()
+        .map(|e| e.to_string());
+    let err = err.expect("changed data must be refused");
+    assert!(err.contains("beauty/sequential_data.txt"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn settings_out_of_their_domain_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("never");
+    let device = candle_core::Device::Cpu;
+    for (what, edit) in [
+        (
+            "learning rate",
+            (|r: &mut TrainRun| r.train.optimizer.lr = -1.0) as fn(&mut TrainRun),
+        ),
+        ("learning rate", |r| r.train.optimizer.lr = f64::NAN),
+        ("batch_size", |r| r.train.batch_size = 0),
+        ("weight_decay", |r| r.train.optimizer.weight_decay = -0.5),
+    ] {
+        let mut run = tiny_run("beauty", &data_root(), &dir);
+        edit(&mut run);
+        let err = train_run(&run, &device, |_| {})
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains(what), "{what}");
+        assert!(!dir.exists(), "{what}: the run directory was created");
+    }
+    let mut eval = EvalRun {
+        checkpoint: dir.clone(),
+        data_root: data_root(),
+        explanations: None,
+        split: Split::Test,
+        tasks: vec![Task::Sequential],
+        users: 2,
+        decoding: EvalConfig {
+            num_beams: 0,
+            ..EvalConfig::default()
+        },
+        report: None,
+        show: false,
+    };
+    let err = evaluation_run(&eval, &device).err().map(|e| e.to_string());
+    assert!(err.unwrap_or_default().contains("num_beams (--beams)"));
+    eval.decoding = EvalConfig {
+        batch_size: 0,
+        ..EvalConfig::default()
+    };
+    let err = evaluation_run(&eval, &device).err().map(|e| e.to_string());
+    assert!(err.unwrap_or_default().contains("batch_size"));
+}
