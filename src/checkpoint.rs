@@ -18,6 +18,45 @@ use crate::PeapodError;
 
 /// The metadata key under which the JSON header is stored.
 const HEADER_KEY: &str = "peapod";
+/// The metadata key of the checksum: SHA-256 (hex) over the header and every tensor's name,
+/// dtype, shape and data, in name order. Checkpoints written before it existed have none and
+/// load unverified.
+const CHECKSUM_KEY: &str = "peapod.sha256";
+
+/// The checksum [`save_checkpoint`] stores for `tensors` (CPU, contiguous, as they will be
+/// written) and the JSON `header`.
+pub fn checkpoint_checksum(header: &str, tensors: &HashMap<String, Tensor>) -> String {
+    let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    content_checksum(header, named.into_iter().map(|(n, t)| (n.as_str(), t)))
+}
+
+/// SHA-256 of a checkpoint's content: the header, then per tensor (in name order) its name,
+/// dtype, shape and bytes.
+fn content_checksum<'a, V: safetensors::View + 'a>(
+    header: &str,
+    tensors: impl Iterator<Item = (&'a str, V)>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    field(header.as_bytes());
+    for (name, view) in tensors {
+        field(name.as_bytes());
+        field(format!("{:?}", view.dtype()).as_bytes());
+        let shape: Vec<u8> = view
+            .shape()
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        field(&shape);
+        field(&view.data());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Writes `tensors` and the JSON `header` to `path` atomically. Tensors are converted to `dtype`
 /// when given (f16 halves the size of a shipped checkpoint).
@@ -40,7 +79,11 @@ pub fn save_checkpoint<H: Serialize>(
         };
         converted.push((name.clone(), t.contiguous()?));
     }
-    let metadata = HashMap::from([(HEADER_KEY.to_string(), header)]);
+    let checksum = content_checksum(&header, converted.iter().map(|(n, t)| (n.as_str(), t)));
+    let metadata = HashMap::from([
+        (HEADER_KEY.to_string(), header),
+        (CHECKSUM_KEY.to_string(), checksum),
+    ]);
     let bytes = safetensors::serialize(
         converted.iter().map(|(n, t)| (n.as_str(), t)),
         Some(metadata),
@@ -63,7 +106,9 @@ pub fn save_checkpoint<H: Serialize>(
     })
 }
 
-/// Reads a checkpoint written by [`save_checkpoint`]: its tensors (as stored) and its header.
+/// Reads a checkpoint written by [`save_checkpoint`]: its tensors (as stored) and its header,
+/// after verifying its checksum (a flipped bit or an edited header is refused, naming the file;
+/// checkpoints from before checksums existed load unverified).
 pub fn load_checkpoint<H: DeserializeOwned>(
     path: &Path,
     device: &Device,
@@ -71,13 +116,25 @@ pub fn load_checkpoint<H: DeserializeOwned>(
     let bytes = fs::read(path).map_err(|e| PeapodError::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| PeapodError::checkpoint(path, format!("not a safetensors file: {e}")))?;
-    let header = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(HEADER_KEY))
-        .ok_or_else(|| {
-            PeapodError::checkpoint(path, "no PeaPOD header: not a checkpoint of this project")
-        })?;
+    let metadata = meta.metadata().as_ref();
+    let header = metadata.and_then(|m| m.get(HEADER_KEY)).ok_or_else(|| {
+        PeapodError::checkpoint(path, "no PeaPOD header: not a checkpoint of this project")
+    })?;
+    if let Some(stored) = metadata.and_then(|m| m.get(CHECKSUM_KEY)) {
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| PeapodError::checkpoint(path, format!("not a safetensors file: {e}")))?;
+        let mut views = file.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        let actual = content_checksum(header, views.iter().map(|(n, v)| (n.as_str(), v)));
+        if actual != *stored {
+            return Err(PeapodError::checkpoint(
+                path,
+                "corrupted: its content does not match its checksum (a changed bit or an \
+                 edited header). It is neither loaded nor overwritten: restore it from a copy, \
+                 or train into another run directory",
+            ));
+        }
+    }
     let header: H = serde_json::from_str(header)
         .map_err(|e| PeapodError::checkpoint(path, format!("bad header: {e}")))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
@@ -116,6 +173,26 @@ pub fn read_checkpoint_header<H: DeserializeOwned>(path: &Path) -> Result<H, Pea
         .and_then(|m| m.get(HEADER_KEY))
         .ok_or_else(|| bad("no PeaPOD header: not a checkpoint of this project".into()))?;
     serde_json::from_str(header).map_err(|e| bad(format!("bad header: {e}")))
+}
+
+/// Removes the temporary files a killed [`save_checkpoint`] left in `dir` (`*.tmp<pid>` beside
+/// a checkpoint); returns how many. The checkpoints themselves are whole either way.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, PeapodError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name
+            .split_once(".safetensors.tmp")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()));
+        if stale {
+            fs::remove_file(entry.path()).map_err(|e| PeapodError::io(&entry.path(), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
@@ -163,6 +240,68 @@ mod tests {
         save_checkpoint(&path, &tensors, &header, Some(DType::F16))?;
         let (back, _): (_, Header) = load_checkpoint(&path, &Device::Cpu)?;
         assert_eq!(back["a.weight"].dtype(), DType::F16);
+        Ok(())
+    }
+
+    #[test]
+    fn a_flipped_bit_or_an_edited_header_is_refused() -> Result<(), PeapodError> {
+        let dir = tempfile::tempdir().map_err(|e| PeapodError::io(Path::new("tmp"), e))?;
+        let path = dir.path().join("ckpt.safetensors");
+        let t = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu)?;
+        let tensors = HashMap::from([("w".to_string(), t)]);
+        let header = Header {
+            epoch: 60,
+            variant: "peapod".into(),
+        };
+        save_checkpoint(&path, &tensors, &header, None)?;
+        let good = fs::read(&path).map_err(|e| PeapodError::io(&path, e))?;
+        // The last byte belongs to the last tensor's data.
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x10;
+        // The header's epoch edited in place (same length).
+        let needle = br#"\"epoch\":60"#;
+        let at = good
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the header holds the epoch");
+        let mut edited = good.clone();
+        edited[at + needle.len() - 2] = b'9';
+        for (what, bytes) in [("a flipped bit", flipped), ("an edited header", edited)] {
+            fs::write(&path, &bytes).map_err(|e| PeapodError::io(&path, e))?;
+            let err = load_checkpoint::<Header>(&path, &Device::Cpu)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("does not match its checksum"), "{what}: {err}");
+        }
+        fs::write(&path, &good).map_err(|e| PeapodError::io(&path, e))?;
+        assert_eq!(load_checkpoint::<Header>(&path, &Device::Cpu)?.1, header);
+        Ok(())
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() -> Result<(), PeapodError> {
+        let dir = tempfile::tempdir().map_err(|e| PeapodError::io(Path::new("tmp"), e))?;
+        for name in [
+            "last.safetensors.tmp4242",
+            "best.safetensors.tmp7",
+            "last.safetensors",
+            "notes.tmp12",
+            "last.safetensors.tmpx",
+        ] {
+            fs::write(dir.path().join(name), b"x").map_err(|e| PeapodError::io(dir.path(), e))?;
+        }
+        assert_eq!(remove_stale_temporaries(dir.path())?, 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .map_err(|e| PeapodError::io(dir.path(), e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["last.safetensors", "last.safetensors.tmpx", "notes.tmp12"]
+        );
         Ok(())
     }
 

@@ -329,6 +329,8 @@ pub fn train(
     cfg.validate()?;
     let last_path = out_dir.join(LAST_CHECKPOINT);
     let best_path = out_dir.join(BEST_CHECKPOINT);
+    // A write killed half-way left its temporary file; the checkpoints themselves are whole.
+    crate::checkpoint::remove_stale_temporaries(out_dir)?;
     let mut optimizer = AdamW::new(model.named_vars(), cfg.optimizer)?;
     let mut state = TrainState::default();
     if resume && last_path.exists() {

@@ -130,6 +130,25 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
     // The same run again is accepted (it resumes, already finished).
     train_run(&tiny_run("beauty", &data_root(), &dir), &device, |_| {})?;
 
+    // A corrupted checkpoint stops the resumed run, and stays as it was.
+    let last_path = RunDir::new(&dir).last_checkpoint();
+    let mut bytes = std::fs::read(&last_path)?;
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x01;
+    std::fs::write(&last_path, &bytes)?;
+    let err = train_run(&tiny_run("beauty", &data_root(), &dir), &device, |_| {})
+        .err()
+        .map(|e| e.to_string())
+        .expect("a corrupted checkpoint must stop the run");
+    assert!(err.contains("does not match its checksum"), "{err}");
+    assert_eq!(
+        std::fs::read(&last_path)?,
+        bytes,
+        "the corrupted checkpoint was overwritten"
+    );
+    bytes[at] ^= 0x01;
+    std::fs::write(&last_path, &bytes)?;
+
     // A checkpoint to start from: a named one must exist and be of the run's dataset; only
     // the default may be absent.
     let last = RunDir::new(&dir).last_checkpoint();
