@@ -61,7 +61,17 @@ struct Args {
     compare_cpu: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // Process-wide allocator and worker-pool settings, once, before any tensor exists.
     let mut policy = CpuPolicy::default();
     policy.apply_to_process();

@@ -40,37 +40,53 @@ fn pseudo_ids(rows: usize, cols: usize, hi: u32, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn main() -> anyhow::Result<()> {
-    // Large tensors are freed and reallocated every step: keep them in the heap; and let
-    // candle's idle workers sleep instead of spinning on cores the gemm needs.
+#[derive(clap::Parser)]
+#[command(about = "Time T5 training steps (forward + backward + AdamW), one JSON line per case")]
+struct Cli {
+    /// t5-small or tiny.
+    #[arg(long, default_value = "tiny")]
+    config: String,
+    /// Input x target tokens, e.g. 40x6 (repeatable; default 40x6, 20x20, 420x6).
+    #[arg(long = "case", value_parser = parse_case)]
+    cases: Vec<(usize, usize)>,
+    /// Timed steps per case (after one warm-up step); the median is printed.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// cpu or cuda (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Concurrent slices of each batch on the CPU (default: one per rayon thread).
+    #[arg(long)]
+    parts: Option<usize>,
+}
+
+fn parse_case(value: &str) -> Result<(usize, usize), String> {
+    let parse = |s: &str| s.parse::<usize>().map_err(|e| format!("{value:?}: {e}"));
+    match value.split_once('x') {
+        Some((a, b)) => Ok((parse(a)?, parse(b)?)),
+        None => Err(format!("{value:?}: expected INxOUT, e.g. 40x6")),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // Process-wide allocator and worker-pool settings, once, before any tensor exists.
     peapod::CpuPolicy::default().apply_to_process();
-    let args: Vec<String> = std::env::args().collect();
-    let mut config = "tiny".to_string();
-    let mut cases: Vec<(usize, usize)> = Vec::new();
-    let mut steps = 3usize;
-    let mut batch = 64usize;
-    let mut device_name = "cpu".to_string();
-    let mut parts = rayon::current_num_threads();
-    let mut i = 1;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--config" => config = value,
-            "--steps" => steps = value.parse()?,
-            "--batch" => batch = value.parse()?,
-            "--device" => device_name = value,
-            "--parts" => parts = value.parse()?,
-            "--case" => {
-                let (a, b) = value
-                    .split_once('x')
-                    .ok_or_else(|| anyhow::anyhow!("--case INxOUT, e.g. 40x6"))?;
-                cases.push((a.parse()?, b.parse()?));
-            }
-            other => anyhow::bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let cli: Cli = clap::Parser::parse();
+    let (config, mut cases, steps, batch, device_name) =
+        (cli.config, cli.cases, cli.steps, cli.batch, cli.device);
+    let parts = cli.parts.unwrap_or_else(rayon::current_num_threads);
     if cases.is_empty() {
         cases = vec![(40, 6), (20, 20), (420, 6)];
     }

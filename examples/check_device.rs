@@ -139,24 +139,37 @@ fn run_on(cfg: &T5Config, device: &Device, steps: usize) -> Result<Run> {
     })
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let mut device_name = "cuda".to_string();
-    let mut config = "tiny".to_string();
-    let mut steps = 20usize;
-    let mut tolerance = 1e-3f32;
-    let mut i = 1;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--device" => device_name = value,
-            "--config" => config = value,
-            "--steps" => steps = value.parse()?,
-            "--tolerance" => tolerance = value.parse()?,
-            other => bail!("unknown argument {other}"),
+#[derive(clap::Parser)]
+#[command(about = "Parity of an accelerator against the CPU on one seeded T5 (one JSON line)")]
+struct Cli {
+    /// cuda (a build with --features cuda) or cpu (the CPU against itself).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// tiny or t5-small.
+    #[arg(long, default_value = "tiny")]
+    config: String,
+    /// AdamW steps whose losses are compared.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Largest relative difference accepted; the exit status is non-zero above it.
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f32,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
-        i += 2;
     }
+}
+
+fn run() -> Result<()> {
+    let cli: Cli = clap::Parser::parse();
+    let (device_name, config, steps, tolerance) =
+        (cli.device, cli.config, cli.steps, cli.tolerance);
     let cfg = match config.as_str() {
         "t5-small" => T5Config::t5_small(),
         "tiny" => T5Config::tiny(),

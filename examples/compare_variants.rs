@@ -48,7 +48,17 @@ struct Cli {
     out: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // Large tensors are freed and reallocated every step: keep them in the heap; and let
     // candle's idle workers sleep instead of spinning on cores the gemm needs.
     // Process-wide allocator and worker-pool settings, once, before any tensor exists.

@@ -394,7 +394,13 @@ pub fn train(
     let started = Instant::now();
     let mut stopped_by = "epochs";
     'epochs: while state.epoch < cfg.epochs {
-        let bar = progress_bar(show_progress, per_epoch, state.epoch, cfg.epochs);
+        // The bar shows the real budget: the epoch's steps, or fewer when a step budget ends
+        // the run earlier; a time budget replaces the step-based estimate by the time left.
+        let steps_left = cfg
+            .max_steps
+            .map_or(u64::MAX, |m| m.saturating_sub(state.global_step));
+        let len = per_epoch.min(state.step_in_epoch.saturating_add(steps_left));
+        let bar = progress_bar(show_progress, len, state.epoch, cfg.epochs, cfg.max_seconds);
         bar.set_position(state.step_in_epoch);
         let epoch_start = Instant::now();
         let mut samples = 0usize;
@@ -442,8 +448,12 @@ pub fn train(
             state.step_in_epoch += 1;
             state.global_step += 1;
             let rate = samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            let budget = cfg.max_seconds.map_or(String::new(), |limit| {
+                let left = (limit - started.elapsed().as_secs_f64()).max(0.0);
+                format!(" · {:.1} of {:.1} min left", left / 60.0, limit / 60.0)
+            });
             bar.set_message(format!(
-                "{} loss {value:.3} · {rate:.0} samples/s",
+                "{} loss {value:.3} · {rate:.0} samples/s{budget}",
                 task.name()
             ));
             bar.inc(1);
@@ -597,13 +607,32 @@ fn batch_gradients(
     })
 }
 
-fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
-    let bar = crate::progress::bar(
-        len,
-        "epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {msg}",
-        show,
-    );
+/// Steps the epoch's bar counts to: the epoch's, or fewer when the step budget ends the run
+/// inside this epoch.
+fn epoch_bar_len(per_epoch: u64, state: &TrainState, max_steps: Option<u64>) -> u64 {
+    let steps_left = max_steps.map_or(u64::MAX, |m| m.saturating_sub(state.global_step));
+    per_epoch.min(state.step_in_epoch.saturating_add(steps_left))
+}
+
+fn progress_bar(
+    show: bool,
+    len: u64,
+    epoch: usize,
+    epochs: usize,
+    time_budget: Option<f64>,
+) -> ProgressBar {
+    let template = match time_budget {
+        Some(_) => "epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+        None => "epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {msg}",
+    };
+    let bar = crate::progress::bar(len, template, show);
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    if let Some(seconds) = time_budget {
+        bar.set_message(format!(
+            "(stops after a time budget of {:.1} min)",
+            seconds / 60.0
+        ));
+    }
     bar
 }
 
@@ -612,9 +641,25 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
     use peapod_t5_rec::T5Config;
 
-    use super::batch_gradients;
+    use super::{batch_gradients, epoch_bar_len, TrainState};
     use crate::model::{BatchTensors, ModelConfig, PeaPod, Variant};
     use crate::PeapodError;
+
+    #[test]
+    fn the_epoch_bar_counts_to_the_step_budget() {
+        let at = |step_in_epoch: u64, global_step: u64| TrainState {
+            step_in_epoch,
+            global_step,
+            ..TrainState::default()
+        };
+        // A one-minute fine-tuning of 30 steps in a 1,398-step epoch shows 30, not 1,398.
+        assert_eq!(epoch_bar_len(1398, &at(0, 0), Some(30)), 30);
+        // Resumed 10 steps into the epoch, 100 steps into the run, budget 120: 30.
+        assert_eq!(epoch_bar_len(1398, &at(10, 100), Some(120)), 30);
+        assert_eq!(epoch_bar_len(1398, &at(10, 100), None), 1398);
+        assert_eq!(epoch_bar_len(50, &at(0, 0), Some(500)), 50);
+        assert_eq!(epoch_bar_len(50, &at(5, 600), Some(500)), 5);
+    }
 
     /// Slices of a batch, weighted by their target tokens, give the batch's loss and gradients
     /// (without dropout, the only thing slicing changes).

@@ -79,6 +79,9 @@ pub struct TrainArgs {
     /// Stop (with a checkpoint) after this many minutes of training.
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Write the last checkpoint every N optimizer steps (and at each epoch end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
     /// Run directory (checkpoints, MF cache, report).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -131,6 +134,7 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
             valid_users: args.valid_users,
             max_steps: args.max_steps,
             max_seconds: args.max_minutes.map(|m| m * 60.0),
+            checkpoint_every: args.checkpoint_every,
             ..TrainConfig::default()
         },
         mf_iterations: args.mf_iters,

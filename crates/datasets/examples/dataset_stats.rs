@@ -17,7 +17,17 @@ struct Args {
     data_dir: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&args.data_dir)
         .with_context(|| format!("reading {}", args.data_dir.display()))?

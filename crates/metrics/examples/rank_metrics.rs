@@ -8,7 +8,18 @@
 use std::io::{self, BufRead};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use peapod_metrics::{RankingAccumulator, NOT_AN_ITEM};
+
+#[derive(Parser)]
+#[command(
+    about = "HR@k and nDCG@k of ranked lists read from stdin, one JSON user per line: \
+             {\"target\": 12, \"ranked\": [5, 12, 7]} (null in ranked names no item)"
+)]
+struct Cli {
+    /// Cut-offs k (default: the protocol's 1 5 10).
+    ks: Vec<usize>,
+}
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,14 +28,18 @@ struct User {
     ranked: Vec<Option<u32>>,
 }
 
-fn main() -> Result<()> {
-    let ks: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| {
-            a.parse()
-                .with_context(|| format!("cut-off {a:?} is not a positive integer"))
-        })
-        .collect::<Result<_>>()?;
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let ks = Cli::parse().ks;
     let mut acc = if ks.is_empty() {
         RankingAccumulator::protocol()
     } else {

@@ -7,7 +7,15 @@
 use std::io::{self, BufRead};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use peapod_metrics::TextCorpus;
+
+#[derive(Parser)]
+#[command(
+    about = "BLEU, ROUGE, USR and Distinct of explanations read from stdin, one JSON pair per \
+             line: {\"reference\": \"...\", \"candidate\": \"...\"}"
+)]
+struct Cli {}
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,7 +24,18 @@ struct Pair {
     candidate: String,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    Cli::parse();
     let (mut references, mut candidates) = (Vec::new(), Vec::new());
     for (i, line) in io::stdin().lock().lines().enumerate() {
         let line = line.with_context(|| format!("reading line {}", i + 1))?;

@@ -21,6 +21,9 @@ use peapod_datasets::{load_or_generate_negatives, Dataset};
 use peapod_pmf::{Interactions, MfConfig, MfModel, LEAVE_ONE_OUT_HELD_OUT};
 
 #[derive(Parser)]
+#[command(
+    about = "The MF (BPR) and popularity baselines on the top-n test protocol of a P5 dataset"
+)]
 struct Args {
     /// sports, beauty or toys
     #[arg(long, default_value = "beauty")]
@@ -28,24 +31,34 @@ struct Args {
     /// Folder holding <dataset>/sequential_data.txt
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data"))]
     data_dir: PathBuf,
+    /// Embedding size (default 512, the paper's).
     #[arg(long)]
     dim: Option<usize>,
+    /// Training iterations, each a full pass and one Adam step (default 100).
     #[arg(long)]
     iters: Option<usize>,
+    /// Adam learning rate (default 1e-3).
     #[arg(long)]
     lr: Option<f32>,
+    /// L2 weight λ of the BPR loss (default 1e-3).
     #[arg(long)]
     l2: Option<f32>,
+    /// Negatives sampled per training interaction and iteration (default 1).
     #[arg(long)]
     negatives: Option<usize>,
+    /// Candidates per negative; the highest-scoring is used (default 2).
     #[arg(long)]
     negative_candidates: Option<usize>,
+    /// Adam β₂ (default 0.999).
     #[arg(long)]
     beta2: Option<f32>,
+    /// Standard deviation of the initial factors (default 1e-4).
     #[arg(long)]
     init_std: Option<f32>,
+    /// Ridge weight of the fold-in (default 1).
     #[arg(long)]
     fold_in_l2: Option<f32>,
+    /// Seed of the initialisation and the sampling (default 2022).
     #[arg(long)]
     seed: Option<u64>,
     /// Skip evaluation (timing runs).
@@ -102,7 +115,17 @@ impl Metrics {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dataset = Dataset::load(args.data_dir.join(&args.dataset))?;
     let sequences: Sequences = dataset

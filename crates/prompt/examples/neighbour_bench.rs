@@ -1,8 +1,9 @@
 //! Times the chunked similar-user search and the user-prompt composition at the paper's
 //! sizes on random embeddings, printing one JSON object.
 //!
-//! `cargo run --release -p peapod-prompt --example neighbour_bench -- [users] [dim] [repeats]`
-//! (defaults: 35598 users, the Sports split; 512 dimensions; 3 repeats, median reported).
+//! `cargo run --release -p peapod-prompt --example neighbour_bench -- [--users N] [--dim D]
+//! [--repeats R]` (defaults: 35598 users, the Sports split; 512 dimensions; 3 repeats, median
+//! reported).
 
 use std::time::Instant;
 
@@ -15,14 +16,39 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
-    let users = args.first().copied().unwrap_or(35_598);
-    let dim = args.get(1).copied().unwrap_or(512);
-    let repeats = args.get(2).copied().unwrap_or(3).max(1);
+#[derive(clap::Parser)]
+#[command(
+    about = "Time the similar-user search and the user-prompt composition at the paper's sizes"
+)]
+struct Cli {
+    /// Users (default: the Sports split's).
+    #[arg(long, default_value_t = 35_598)]
+    users: usize,
+    /// Embedding dimension.
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Repeats; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let Cli {
+        users,
+        dim,
+        repeats,
+    } = clap::Parser::parse();
+    let repeats = repeats.max(1);
     let device = Device::Cpu;
     let table = Tensor::randn(0f32, 1.0, (users, dim), &device)?;
 
