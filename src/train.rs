@@ -396,10 +396,7 @@ pub fn train(
     'epochs: while state.epoch < cfg.epochs {
         // The bar shows the real budget: the epoch's steps, or fewer when a step budget ends
         // the run earlier; a time budget replaces the step-based estimate by the time left.
-        let steps_left = cfg
-            .max_steps
-            .map_or(u64::MAX, |m| m.saturating_sub(state.global_step));
-        let len = per_epoch.min(state.step_in_epoch.saturating_add(steps_left));
+        let len = epoch_bar_len(per_epoch, &state, cfg.max_steps);
         let bar = progress_bar(show_progress, len, state.epoch, cfg.epochs, cfg.max_seconds);
         bar.set_position(state.step_in_epoch);
         let epoch_start = Instant::now();
