@@ -431,7 +431,23 @@ pub fn baseline_lists(
         }
         if let (Some(model), Some(out)) = (mf, mf_lists.as_mut()) {
             let items = e.candidates.as_deref().unwrap_or(&all_items);
-            let scores = model.score_embedding(model.embedding(e.user)?, items)?;
+            // Items MF never saw in training (only in held-out positions, or only by users it
+            // was not trained with) rank last.
+            let known: Vec<u32> = items
+                .iter()
+                .copied()
+                .filter(|&i| model.item_row(i).is_ok())
+                .collect();
+            let mut known_scores = model
+                .score_embedding(model.embedding(e.user)?, &known)?
+                .into_iter();
+            let scores: Vec<f32> = items
+                .iter()
+                .map(|&i| match model.item_row(i) {
+                    Ok(_) => known_scores.next().unwrap_or(f32::NEG_INFINITY),
+                    Err(_) => f32::NEG_INFINITY,
+                })
+                .collect();
             let mut order: Vec<usize> = (0..items.len()).collect();
             order.sort_by(|&a, &b| {
                 scores[b]

@@ -50,6 +50,60 @@ pub fn train_or_load_mf(
     Ok(model)
 }
 
+/// What evaluation does with users the MF model was not trained with (their query vector,
+/// and their MF baseline, need an embedding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColdStart {
+    /// Embed them by MF fold-in of their training history (`MfModel::fold_in`).
+    #[default]
+    FoldIn,
+    /// Refuse, naming them.
+    Error,
+}
+
+impl ColdStart {
+    pub fn parse(name: &str) -> Result<ColdStart, PeapodError> {
+        match name {
+            "fold-in" => Ok(ColdStart::FoldIn),
+            "error" => Ok(ColdStart::Error),
+            other => Err(PeapodError::Config(format!(
+                "unknown cold-start policy `{other}` (fold-in or error)"
+            ))),
+        }
+    }
+}
+
+/// `mf` covering every user of `dataset`: users it was not trained with are folded in from
+/// their training history (or refused, by `policy`). Returns the model and the users folded in.
+pub fn cover_users(
+    mf: &MfModel,
+    dataset: &Dataset,
+    policy: ColdStart,
+) -> Result<(MfModel, Vec<u32>), PeapodError> {
+    let unknown: Vec<u32> = dataset
+        .users()
+        .filter(|&u| mf.user_row(u).is_err())
+        .collect();
+    if unknown.is_empty() {
+        return Ok((mf.clone(), unknown));
+    }
+    if policy == ColdStart::Error {
+        return Err(PeapodError::Config(format!(
+            "{} users of {} are unknown to the MF model (the first: {}); with the fold-in \
+             cold-start policy they get an embedding from their history",
+            unknown.len(),
+            dataset.name(),
+            unknown[0]
+        )));
+    }
+    let histories: Vec<(u32, Vec<u32>)> = unknown
+        .iter()
+        .map(|&u| (u, dataset.train_history(u).to_vec()))
+        .collect();
+    Ok((mf.with_folded_in(&histories)?, unknown))
+}
+
 /// The users' MF embeddings as the query table of the user prompt: row u−1 is user u.
 pub fn user_queries(
     mf: &MfModel,
@@ -101,6 +155,9 @@ pub struct Report {
     pub decoding: EvalConfig,
     /// Free text: how the weights were obtained (random init, HF weights, checkpoint).
     pub provenance: String,
+    /// Users unknown to the MF model, embedded by fold-in of their history.
+    #[serde(default)]
+    pub cold_start_users: usize,
 }
 
 /// A fixed sample of `n` users (every ⌈N/n⌉-th user from the first): the same users for every
@@ -252,6 +309,7 @@ pub fn evaluate(
         model: model.config().clone(),
         decoding: cfg.clone(),
         provenance: provenance.to_string(),
+        cold_start_users: 0,
     })
 }
 
@@ -272,6 +330,12 @@ impl Report {
             "{} · {} · {} split · {} users · {:.1} s\n",
             self.dataset, self.variant, self.split, self.users_evaluated, self.wall_seconds
         );
+        if self.cold_start_users > 0 {
+            out.push_str(&format!(
+                "{} users unknown to MF, embedded by fold-in of their history\n",
+                self.cold_start_users
+            ));
+        }
         let cols = ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"];
         out.push_str(&format!("{:<12} {:<22}", "task", "ranker"));
         for c in cols {
@@ -321,5 +385,76 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use peapod_datasets::Dataset;
+    use peapod_pmf::{Interactions, MfConfig, MfModel};
+    use peapod_t5_rec::T5Config;
+
+    use super::{cover_users, user_queries, ColdStart};
+    use crate::model::{ModelConfig, PeaPod, Variant};
+    use crate::PeapodError;
+
+    #[test]
+    fn users_unknown_to_mf_are_folded_in_and_their_prompt_follows() -> Result<(), PeapodError> {
+        // 12 users over 30 items; MF learns the first 8 only.
+        let sequences: Vec<Vec<u32>> = (0..12u32)
+            .map(|u| (0..6).map(|k| 1 + (u * 5 + k * 7) % 30).collect())
+            .collect();
+        let dataset = Dataset::from_sequences("t", sequences.clone(), 30)?;
+        let known: Vec<(u32, Vec<u32>)> = (1..=8u32)
+            .map(|u| (u, sequences[u as usize - 1].clone()))
+            .collect();
+        let config = MfConfig {
+            dim: 8,
+            iterations: 5,
+            ..MfConfig::default()
+        };
+        let mf = MfModel::train(&Interactions::training_split(&known, 2)?, &config)?;
+
+        let err = cover_users(&mf, &dataset, ColdStart::Error)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("4 users of t are unknown"), "{err}");
+        let (covered, folded) = cover_users(&mf, &dataset, ColdStart::FoldIn)?;
+        assert_eq!(folded, vec![9, 10, 11, 12]);
+        // A known user keeps its learned row; a folded-in one gets the fold-in of its history.
+        assert_eq!(covered.embedding(3)?, mf.embedding(3)?);
+        let by_hand = mf.fold_in(dataset.train_history(10))?;
+        assert_eq!(covered.embedding(10)?, by_hand.view());
+
+        // The user prompt of the folded-in user is composed from that vector.
+        let queries = user_queries(&covered, &dataset, &Device::Cpu)?;
+        let row: Vec<f32> = queries.get(9)?.to_vec1()?;
+        assert_eq!(row, by_hand.to_vec());
+        let t5 = T5Config {
+            d_model: 16,
+            d_kv: 4,
+            d_ff: 32,
+            num_heads: 4,
+            num_layers: 1,
+            num_decoder_layers: 1,
+            ..T5Config::tiny()
+        };
+        let model_config = ModelConfig::new(Variant::Peapod, t5, 8, 5);
+        let model = PeaPod::new(model_config.clone(), Some(&queries), &Device::Cpu)?;
+        let alpha = |m: &PeaPod| -> Result<Vec<f32>, PeapodError> {
+            let a = m
+                .component_weights(&[10])?
+                .expect("the paper's user prompt");
+            Ok(a.flatten_all()?.to_vec1()?)
+        };
+        // The same model over a table whose row for user 10 is zero instead: other weights.
+        let mut zeroed = queries.to_vec2::<f32>()?;
+        zeroed[9].iter_mut().for_each(|x| *x = 0.0);
+        let zeroed = candle_core::Tensor::new(zeroed, &Device::Cpu)?;
+        let other = PeaPod::new(model_config, Some(&zeroed), &Device::Cpu)?;
+        assert_ne!(alpha(&model)?, alpha(&other)?);
+        assert!(alpha(&other)?.iter().all(|&a| a == 0.0));
+        Ok(())
     }
 }

@@ -16,7 +16,8 @@ use crate::checkpoint::read_checkpoint_header;
 use crate::eval::EvalConfig;
 use crate::model::{ModelConfig, PeaPod, Variant};
 use crate::pipeline::{
-    evaluate, fixed_user_sample, load_model, train_or_load_mf, user_queries, EvalRequest, Report,
+    cover_users, evaluate, fixed_user_sample, load_model, train_or_load_mf, user_queries,
+    ColdStart, EvalRequest, Report,
 };
 use crate::train::{
     export_weights, train, CheckpointHeader, TrainConfig, TrainOutcome, TrainingData,
@@ -531,6 +532,8 @@ pub struct EvalRun {
     /// A fixed sample of this many users (0: all).
     pub users: usize,
     pub decoding: EvalConfig,
+    /// Users the run's MF model was not trained with: folded in, or refused.
+    pub cold_start: ColdStart,
     /// Where the report goes (default: `report-<split>.json` in the run directory).
     pub report: Option<PathBuf>,
     pub show: bool,
@@ -576,9 +579,12 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
         }
     }
     let data = TrainingData::load(&run.data_root, &header.dataset, run.explanations.as_deref())?;
-    let mf = match dir.mf_cache() {
-        p if p.exists() => Some(MfModel::load(&p)?),
-        _ => None,
+    let (mf, folded) = match dir.mf_cache() {
+        p if p.exists() => {
+            let (mf, folded) = cover_users(&MfModel::load(&p)?, &data.dataset, run.cold_start)?;
+            (Some(mf), folded.len())
+        }
+        _ => (None, 0),
     };
     let queries = match &mf {
         Some(mf) => Some(user_queries(mf, &data.dataset, device)?),
@@ -592,7 +598,8 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
         decoding: run.decoding.clone(),
     };
     let provenance = format!("checkpoint {}", path.display());
-    let report = evaluate(&model, &data, mf.as_ref(), &request, &provenance, run.show)?;
+    let mut report = evaluate(&model, &data, mf.as_ref(), &request, &provenance, run.show)?;
+    report.cold_start_users = folded;
     let out = run
         .report
         .clone()

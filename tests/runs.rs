@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use peapod::eval::EvalConfig;
 use peapod::model::Variant;
 use peapod::optim::AdamWConfig;
+use peapod::pipeline::ColdStart;
+use peapod::run::mf_config;
 use peapod::run::{
     evaluation_run, starting_checkpoint, train_run, EvalRun, RunDir, TrainRun, RUN_MANIFEST,
 };
-use peapod::train::TrainConfig;
+use peapod::train::{TrainConfig, TrainingData};
 use peapod_datasets::{Split, Task};
+use peapod_pmf::{Interactions, MfModel, LEAVE_ONE_OUT_HELD_OUT};
 use peapod_t5_rec::T5Config;
 
 fn data_root() -> PathBuf {
@@ -196,10 +199,39 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
             num_return_sequences: 2,
             ..EvalConfig::default()
         },
+        cold_start: Default::default(),
         report: Some(tmp.path().join("report.json")),
         show: false,
     };
     evaluation_run(&eval(&copy), &device)?;
+
+    // Users the run's MF model never saw (here: MF retrained without users 1..=40) are folded
+    // in from their histories, counted in the report; or refused on request.
+    let data = TrainingData::load(&data_root(), "beauty", None)?;
+    let known: Vec<(u32, Vec<u32>)> = data
+        .dataset
+        .users()
+        .filter(|&u| u > 40)
+        .map(|u| (u, data.dataset.sequence(u).to_vec()))
+        .collect();
+    let mf = MfModel::train(
+        &Interactions::training_split(&known, LEAVE_ONE_OUT_HELD_OUT)?,
+        &mf_config(1, 7),
+    )?;
+    mf.save(RunDir::new(&dir).mf_cache())?;
+    let (report, _) = evaluation_run(&eval(&data_root()), &device)?;
+    assert_eq!(report.cold_start_users, 40);
+    let strict = EvalRun {
+        cold_start: ColdStart::Error,
+        ..eval(&data_root())
+    };
+    let err = evaluation_run(&strict, &device)
+        .err()
+        .map(|e| e.to_string());
+    assert!(err
+        .unwrap_or_default()
+        .contains("40 users of beauty are unknown to the MF model"));
+
     let sequences = copy.join("beauty/sequential_data.txt");
     let mut text = std::fs::read_to_string(&sequences)?;
     text.push_str("22364 1 2 3\n");
@@ -245,6 +277,7 @@ fn settings_out_of_their_domain_are_refused_before_any_work() {
             num_beams: 0,
             ..EvalConfig::default()
         },
+        cold_start: Default::default(),
         report: None,
         show: false,
     };

@@ -9,6 +9,7 @@ use clap::Args;
 use peapod::eval::EvalConfig;
 use peapod::model::Variant;
 use peapod::optim::AdamWConfig;
+use peapod::pipeline::ColdStart;
 use peapod::run::{
     default_device, evaluation_run, t5_config, train_run, EvalRun, RunDir, TrainRun,
 };
@@ -227,6 +228,10 @@ pub struct EvaluateArgs {
     pub beams: usize,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Users the run's MF model was not trained with: fold-in (embed them from their history)
+    /// or error.
+    #[arg(long, default_value = "fold-in")]
+    pub cold_start: String,
     /// Write the JSON report here (default: beside the checkpoint).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -255,6 +260,7 @@ pub fn run_evaluation(args: &EvaluateArgs) -> Result<(), PeapodError> {
             free_beam: !args.no_beam,
             ..EvalConfig::default()
         },
+        cold_start: ColdStart::parse(&args.cold_start)?,
         report: args.report.clone(),
         show: true,
     };

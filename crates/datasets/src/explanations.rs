@@ -1,7 +1,7 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::files::read_to_string;
@@ -18,7 +18,8 @@ pub struct ExplanationRecord {
 
 /// The explanation task's data in the P5/POD layout: `{"train": [...], "val": [...],
 /// "test": [...]}` of `{user, item, explanation, feature}` records (ids as in `datamaps.json`,
-/// as numbers or digit strings). A missing list is read as empty.
+/// as numbers or digit strings). All three lists must be there (an empty list is fine); any
+/// other key, and any record with an empty explanation, is an error naming it.
 #[derive(Debug, Clone, Default)]
 pub struct Explanations {
     pub train: Vec<ExplanationRecord>,
@@ -64,11 +65,43 @@ impl Explanations {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// An id as the file wrote it: a positive integer (or its digits), or what it was instead,
+/// kept so that the error can name the record.
 enum RawId {
-    Number(u64),
-    Text(String),
+    Valid(u64),
+    Invalid(String),
+}
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawId, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = RawId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a positive integer id")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawId, E> {
+                Ok(RawId::Valid(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawId, E> {
+                Ok(u64::try_from(v).map_or_else(|_| RawId::Invalid(v.to_string()), RawId::Valid))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawId, E> {
+                Ok(RawId::Invalid(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawId, E> {
+                Ok(v.parse::<u64>()
+                    .map_or_else(|_| RawId::Invalid(format!("{v:?}")), RawId::Valid))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawId, E> {
+                Ok(RawId::Invalid(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawId, E> {
+                Ok(RawId::Invalid("null".into()))
+            }
+        }
+        d.deserialize_any(IdVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,18 +120,14 @@ struct FileSeed {
 }
 
 fn check_id<E: de::Error>(raw: RawId, what: &str, max: u32, at: &Position) -> Result<u32, E> {
-    let value = match raw {
-        RawId::Number(n) => Some(n),
-        RawId::Text(s) => s.parse::<u64>().ok(),
-    };
-    match value {
-        Some(v) if v >= 1 && v <= u64::from(max) => Ok(v as u32),
-        Some(v) => Err(E::custom(format!(
+    match raw {
+        RawId::Valid(v) if v >= 1 && v <= u64::from(max) => Ok(v as u32),
+        RawId::Valid(v) => Err(E::custom(format!(
             "explanation record {}[{}]: {what} {v} out of range 1..={max}",
             at.0, at.1
         ))),
-        None => Err(E::custom(format!(
-            "explanation record {}[{}]: {what} is not a positive integer id",
+        RawId::Invalid(v) => Err(E::custom(format!(
+            "explanation record {}[{}]: {what} {v} is not a positive integer id",
             at.0, at.1
         ))),
     }
@@ -120,22 +149,36 @@ impl<'de> Visitor<'de> for FileSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Explanations, A::Error> {
         let mut out = Explanations::default();
+        let mut seen = [false; 3];
         while let Some(key) = map.next_key::<String>()? {
-            let list = match key.as_str() {
-                "train" => &mut out.train,
-                "val" => &mut out.val,
-                "test" => &mut out.test,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
+            let (slot, list, split) = match key.as_str() {
+                "train" => (0, &mut out.train, "train"),
+                "val" => (1, &mut out.val, "val"),
+                "test" => (2, &mut out.test, "test"),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown key {other:?}: an explanation file holds \"train\", \"val\" \
+                         and \"test\" lists"
+                    )))
                 }
             };
-            let split = match key.as_str() {
-                "train" => "train",
-                "val" => "val",
-                _ => "test",
-            };
+            if seen[slot] {
+                return Err(de::Error::custom(format!(
+                    "the {split:?} list appears twice"
+                )));
+            }
+            seen[slot] = true;
             *list = map.next_value_seed(ListSeed(self, split))?;
+        }
+        if let Some(missing) = ["train", "val", "test"]
+            .iter()
+            .zip(seen)
+            .find_map(|(name, seen)| (!seen).then_some(name))
+        {
+            return Err(de::Error::custom(format!(
+                "no {missing:?} list: an explanation file holds \"train\", \"val\" and \"test\" \
+                 lists (an empty list is fine)"
+            )));
         }
         Ok(out)
     }
@@ -175,6 +218,12 @@ impl<'de> DeserializeSeed<'de> for RecordSeed {
     type Value = ExplanationRecord;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         let raw = RawRecord::deserialize(d)?;
+        if raw.explanation.trim().is_empty() {
+            return Err(de::Error::custom(format!(
+                "explanation record {}[{}]: empty explanation",
+                self.1 .0, self.1 .1
+            )));
+        }
         Ok(ExplanationRecord {
             user: check_id(raw.user, "user", self.0.users, &self.1)?,
             item: check_id(raw.item, "item", self.0.items, &self.1)?,

@@ -129,8 +129,36 @@ fn explanation_errors_name_the_line_of_the_record() {
     );
     assert_eq!(
         explanation_error("{\"train\": [{\"user\": \"u7\", \"item\": 2, \"explanation\": \"x\"}]}"),
-        "DIR/exp.json:1:57: explanation record train[0]: user is not a positive integer id"
+        "DIR/exp.json:1:57: explanation record train[0]: user \"u7\" is not a positive integer id"
     );
+    // Floats and negative ids name their record too.
+    assert_eq!(
+        explanation_error("{\"val\": [{\"user\": 1.5, \"item\": 2, \"explanation\": \"x\"}]}"),
+        "DIR/exp.json:1:54: explanation record val[0]: user 1.5 is not a positive integer id"
+    );
+    assert_eq!(
+        explanation_error(&format!(
+            "{{\"val\": [{ok}, {{\"user\": 4, \"item\": -2, \"explanation\": \"x\"}}]}}"
+        )),
+        "DIR/exp.json:1:116: explanation record val[1]: item -2 is not a positive integer id"
+    );
+    // An empty explanation, a misspelled or unknown list, a missing list: errors.
+    assert_eq!(
+        explanation_error(&format!(
+            "{{\"train\": [{ok}, {{\"user\": 4, \"item\": 2, \"explanation\": \" \"}}], \"val\": [], \"test\": []}}"
+        )),
+        "DIR/exp.json:1:117: explanation record train[1]: empty explanation"
+    );
+    for key in ["validation", "testing", "note"] {
+        let err = explanation_error(&format!("{{\"train\": [], \"{key}\": []}}"));
+        assert!(err.contains(&format!("unknown key \"{key}\"")), "{err}");
+    }
+    let err = explanation_error("{}");
+    assert!(err.contains("no \"train\" list"), "{err}");
+    let err = explanation_error("{\"train\": [], \"test\": []}");
+    assert!(err.contains("no \"val\" list"), "{err}");
+    let err = explanation_error("{\"train\": [], \"val\": [], \"train\": [], \"test\": []}");
+    assert!(err.contains("appears twice"), "{err}");
     assert_eq!(
         explanation_error(&format!(
             "{{\"train\": [{ok},\n {{\"user\": 1, \"item\": 2 \"explanation\": \"x\"}}]}}"
@@ -141,13 +169,13 @@ fn explanation_errors_name_the_line_of_the_record() {
         explanation_error("{\"train\": [{\"user\": 1, \"item\": 2}]}"),
         "DIR/exp.json:1:33: missing field `explanation`"
     );
-    // Ids as digit strings are accepted, unknown keys ignored, missing lists empty.
+    // Ids as digit strings are accepted; lists may be empty.
     let toys = Dataset::load(format!("{DATA}/toys")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("exp.json");
     std::fs::write(
         &path,
-        r#"{"train": [{"user": "5", "item": "6", "explanation": "e"}], "note": 1}"#,
+        r#"{"train": [{"user": "5", "item": "6", "explanation": "e"}], "val": [], "test": []}"#,
     )
     .unwrap();
     let exp = Explanations::load(&path, &toys).unwrap();

@@ -130,6 +130,51 @@ impl MfModel {
             .collect()
     }
 
+    /// This model with users it has not seen added, each embedded by [`MfModel::fold_in`] of
+    /// their history (`(user id, item ids)`); items the model does not know are left out of a
+    /// history. Known users keep their learned rows. Fails, naming the user, on a history with
+    /// no known item or on a user given twice.
+    pub fn with_folded_in(&self, users: &[(u32, Vec<u32>)]) -> Result<MfModel> {
+        let mut rows: Vec<(u32, Array1<f32>)> = Vec::with_capacity(users.len());
+        for (user, history) in users {
+            if self.user_row(*user).is_ok() || rows.iter().any(|(u, _)| u == user) {
+                return Err(PmfError::DuplicateUser(*user));
+            }
+            let known: Vec<u32> = history
+                .iter()
+                .copied()
+                .filter(|&i| self.item_row(i).is_ok())
+                .collect();
+            let p = self.fold_in(&known).map_err(|e| match e {
+                PmfError::Empty(_) => PmfError::Empty(format!(
+                    "user {user}: no item of the history is known to the model, nothing to fold in"
+                )),
+                other => other,
+            })?;
+            rows.push((*user, p));
+        }
+        let mut all: Vec<(u32, ArrayView1<'_, f32>)> = self
+            .user_ids
+            .iter()
+            .zip(self.user_factors.rows())
+            .map(|(&u, r)| (u, r))
+            .chain(rows.iter().map(|(u, p)| (*u, p.view())))
+            .collect();
+        all.sort_by_key(|(u, _)| *u);
+        let dim = self.dim();
+        let mut user_factors = Array2::zeros((all.len(), dim));
+        for (mut out, (_, row)) in user_factors.rows_mut().into_iter().zip(&all) {
+            out.assign(row);
+        }
+        Ok(MfModel {
+            user_ids: all.iter().map(|(u, _)| *u).collect(),
+            item_ids: self.item_ids.clone(),
+            user_factors,
+            item_factors: self.item_factors.clone(),
+            config: self.config.clone(),
+        })
+    }
+
     /// An embedding for a user the model has not seen (or a fresh one for a known user), from
     /// the ids of the items in their history: the ridge regression
     /// `argmin_p Σ_{i∈H} (1 − p·q_i)² + λ‖p‖²` with λ = `config().fold_in_l2`, solved in its
