@@ -119,17 +119,14 @@ impl AdamW {
         };
         self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
-        let hyper = AdamWStep {
-            lr: c.lr as f32,
-            beta1: c.beta1 as f32,
-            beta2: c.beta2 as f32,
-            eps: c.eps as f32,
-            decay: (1.0 - c.lr * c.weight_decay) as f32,
-            bias1: (1.0 - c.beta1.powi(t)) as f32,
-            bias2: (1.0 - c.beta2.powi(t)) as f32,
-            clip: clip as f32,
-        };
+        let hyper = AdamWStep::new(
+            c.lr,
+            (c.beta1, c.beta2),
+            c.eps,
+            c.weight_decay,
+            self.step,
+            clip,
+        );
         for slot in &mut self.slots {
             let Some(grad) = grads.get(slot.var.as_tensor()) else {
                 continue;
@@ -140,13 +137,17 @@ impl AdamW {
                         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 }
                 Moments::Device { m, v } => {
-                    let g = (grad * hyper.clip as f64)?;
-                    let next_m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                    // The same operations as the CPU kernel, as tensor ops.
+                    let g = (grad * clip)?;
+                    let next_m = (&*m + ((&g - &*m)? * (1.0 - c.beta1))?)?;
                     let next_v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let m_hat = (&next_m / hyper.bias1 as f64)?;
-                    let v_hat = (&next_v / hyper.bias2 as f64)?;
-                    let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-                    let theta = ((slot.var.as_tensor() * hyper.decay as f64)? - (update * c.lr)?)?;
+                    let t = i32::try_from(self.step).unwrap_or(i32::MAX);
+                    let step_size = c.lr / (1.0 - c.beta1.powi(t));
+                    let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+                    let denom = ((next_v.sqrt()? / bias2_sqrt)? + c.eps)?;
+                    let update = ((&next_m / denom)? * step_size)?;
+                    let decay = 1.0 - c.lr * c.weight_decay;
+                    let theta = ((slot.var.as_tensor() * decay)? - update)?;
                     slot.var.set(&theta)?;
                     *m = next_m;
                     *v = next_v;
