@@ -52,6 +52,7 @@ struct Cli {
     /// Timed steps per case (after one warm-up step); the median is printed.
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Examples per training step.
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// cpu or cuda (a build with --features cuda).

@@ -39,11 +39,14 @@ struct Cli {
     /// Also run the free 20-beam search on the top-n task.
     #[arg(long)]
     topn_beam: bool,
-    /// Shipped checkpoint to start from (skipped when absent).
+    /// A beauty checkpoint to start from, which must exist (default: the shipped one, skipped
+    /// with a note when absent).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Directory for the MF cache, the fine-tuning checkpoints and report.json.
     #[arg(long, default_value = "runs/quickstart")]
     out: PathBuf,
+    /// Seed of MF, the fine-tuning and the evaluation's sampling.
     #[arg(long, default_value_t = 2022)]
     seed: u64,
 }

@@ -58,14 +58,19 @@ pub struct TrainArgs {
     /// Explanation file (P5/POD JSON layout); the explanation task joins training when given.
     #[arg(long)]
     pub explanations: Option<PathBuf>,
+    /// Training epochs (the paper: up to 30, with early stopping).
     #[arg(long, default_value_t = 30)]
     pub epochs: usize,
+    /// Examples per optimizer step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// AdamW learning rate.
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
+    /// Stop after this many epochs without a better mean validation loss.
     #[arg(long, default_value_t = 5)]
     pub patience: usize,
+    /// Seed of the initialisation, the sampling and dropout (and of MF).
     #[arg(long, default_value_t = 2022)]
     pub seed: u64,
     /// Train on the first N users only (a quick subset).
@@ -220,12 +225,16 @@ pub struct EvaluateArgs {
     /// Tasks, comma-separated.
     #[arg(long, default_value = "sequential,topn,explanation")]
     pub tasks: String,
+    /// Explanation file (P5/POD JSON layout), for the explanation task.
     #[arg(long)]
     pub explanations: Option<PathBuf>,
+    /// Data root with <dataset>/, templates.json and tokenizer/ (default: the repository's data/).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
+    /// Beams of the search (and hypotheses returned per input).
     #[arg(long, default_value_t = 20)]
     pub beams: usize,
+    /// Inputs decoded per batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Users the run's MF model was not trained with: fold-in (embed them from their history)
