@@ -9,7 +9,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 use indicatif::ProgressBar;
 use peapod_beam::{log_sum_exp, BeamConfig, Constraint, PrefixTrie};
-use peapod_datasets::{Batch, Dataset, Example, RecTokenizer, Task};
+use peapod_datasets::{
+    id_order_candidates, id_order_ranking, visible_history, Batch, Dataset, Example, RecTokenizer,
+    Split, Task,
+};
 use peapod_metrics::{RankingAccumulator, TextCorpus, NOT_AN_ITEM};
 use peapod_pmf::MfModel;
 use rayon::prelude::*;
@@ -99,6 +102,10 @@ pub struct TaskReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BaselineReport {
     pub popularity: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The ID-order rule (`peapod_datasets::id_order_ranking`): what P5's sequential indexing
+    /// leaks, with no model at all.
+    #[serde(default)]
+    pub id_order: BTreeMap<String, BTreeMap<String, f64>>,
     pub mf: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
@@ -410,6 +417,27 @@ fn by_score(items: &[u32], score: impl Fn(u32) -> f32) -> Vec<u32> {
     let mut scored: Vec<(f32, u32)> = items.iter().map(|&i| (score(i), i)).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The ID-order rule's rankings for the examples of one task of `split`: sequential ranks all
+/// items (top 20) after the largest id of the visible history; top-n puts the input's candidates
+/// among that ranking's first 10 first, the others by popularity.
+pub fn id_order_lists(
+    dataset: &Dataset,
+    examples: &[Example],
+    split: Split,
+    popularity: &[u32],
+) -> Result<RankedLists, PeapodError> {
+    examples
+        .iter()
+        .map(|e| {
+            let history = visible_history(dataset, e.user, split)?;
+            Ok(match &e.candidates {
+                Some(c) => id_order_candidates(history, c, dataset.num_items(), popularity),
+                None => id_order_ranking(history, dataset.num_items(), 20),
+            })
+        })
+        .collect()
 }
 
 /// Popularity and MF rankings for the examples of one task: top-n ranks the input's candidates;

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::load_checkpoint;
 use crate::eval::{
-    baseline_lists, explanation_metrics, generate_explanations, item_popularity, item_trie,
-    rank_candidates_exactly, rank_items, ranking_metrics, BaselineReport, EvalConfig,
+    baseline_lists, explanation_metrics, generate_explanations, id_order_lists, item_popularity,
+    item_trie, rank_candidates_exactly, rank_items, ranking_metrics, BaselineReport, EvalConfig,
     ItemConstraint, TaskReport,
 };
 use crate::model::{ModelConfig, PeaPod};
@@ -285,6 +285,10 @@ pub fn evaluate(
                         .insert("exact".into(), ranking_metrics(&examples, &lists, task)?);
                 }
                 let (pop, mf_lists) = baseline_lists(&data.dataset, &examples, &popularity, mf)?;
+                let id_order = id_order_lists(&data.dataset, &examples, split, &popularity)?;
+                baselines
+                    .id_order
+                    .insert(name.clone(), ranking_metrics(&examples, &id_order, task)?);
                 baselines
                     .popularity
                     .insert(name.clone(), ranking_metrics(&examples, &pop, task)?);
@@ -319,6 +323,7 @@ impl Report {
     pub fn merge(&mut self, other: Report) {
         self.tasks.extend(other.tasks);
         self.baselines.popularity.extend(other.baselines.popularity);
+        self.baselines.id_order.extend(other.baselines.id_order);
         self.baselines.mf.extend(other.baselines.mf);
         self.users_evaluated = self.users_evaluated.max(other.users_evaluated);
         self.wall_seconds += other.wall_seconds;
@@ -361,6 +366,9 @@ impl Report {
             }
             if let Some(m) = self.baselines.popularity.get(task) {
                 row(task, "popularity", m);
+            }
+            if let Some(m) = self.baselines.id_order.get(task) {
+                row(task, "ID order (leak)", m);
             }
             if let Some(m) = self.baselines.mf.get(task) {
                 row(task, "MF (BPR)", m);

@@ -15,6 +15,7 @@
 //! assert_eq!(batch.input_ids.dim().0, 64);
 //! ```
 
+mod baselines;
 mod batch;
 mod dataset;
 mod error;
@@ -25,6 +26,7 @@ mod tasks;
 mod templates;
 mod tokenizer;
 
+pub use baselines::{id_order_candidates, id_order_ranking, visible_history, ID_ORDER_LEAD};
 pub use batch::{Batch, TaskAlternatingBatcher};
 pub use dataset::{
     load_or_generate_negatives, p5_negatives, Dataset, DATAMAPS_FILE, MIN_ITEMS_PER_USER,

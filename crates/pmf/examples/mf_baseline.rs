@@ -17,7 +17,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use peapod_datasets::{load_or_generate_negatives, Dataset};
+use peapod_datasets::{
+    id_order_candidates, id_order_ranking, load_or_generate_negatives, visible_history, Dataset,
+    Split,
+};
 use peapod_pmf::{Interactions, MfConfig, MfModel, LEAVE_ONE_OUT_HELD_OUT};
 
 #[derive(Parser)]
@@ -201,7 +204,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Test candidates: the target and the user's 99 P5 negatives.
     let negatives = load_or_generate_negatives(dataset.dir(), &dataset)?;
     let popularity = train.item_popularity();
-    let (mut mf, mut pop, mut pop_expected, mut fold) = (
+    let popularity_by_id: Vec<u32> = (0..=dataset.num_items() as u32)
+        .map(|i| train.item_row(i).map_or(0, |r| popularity[r]))
+        .collect();
+    let (mut mf, mut pop, mut pop_expected, mut fold, mut id_order, mut id_order_seq) = (
+        Metrics::default(),
+        Metrics::default(),
         Metrics::default(),
         Metrics::default(),
         Metrics::default(),
@@ -230,6 +238,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|&&s| s == pop_scores[0])
             .count();
         pop_expected.add(greater as f64 + ties as f64 / 2.0);
+
+        // The ID-order rule: what P5's sequential indexing leaks (no model at all).
+        let history = visible_history(&dataset, *user, Split::Test)?;
+        let ranked =
+            id_order_candidates(history, &candidates, dataset.num_items(), &popularity_by_id);
+        let at = ranked
+            .iter()
+            .position(|&i| i == target)
+            .unwrap_or(ranked.len());
+        id_order.add(at as f64);
+        // And on the sequential protocol (all items ranked, the first 20 kept).
+        let ranked = id_order_ranking(history, dataset.num_items(), 20);
+        let at = ranked
+            .iter()
+            .position(|&i| i == target)
+            .unwrap_or(usize::MAX);
+        id_order_seq.add(at as f64);
 
         if args.fold_in_check {
             let history = &sequence[..sequence.len().saturating_sub(LEAVE_ONE_OUT_HELD_OUT)];
@@ -268,6 +293,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "ndcg@10": round(mf.ndcg(10)),
             "pop_hr@1": round(pop.hr(1)),
             "pop_hr@10": round(pop.hr(10)),
+            "id_order_hr@1": round(id_order.hr(1)),
+            "id_order_hr@5": round(id_order.hr(5)),
+            "id_order_hr@10": round(id_order.hr(10)),
+            "id_order_ndcg@10": round(id_order.ndcg(10)),
+            "id_order_sequential_hr@5": round(id_order_seq.hr(5)),
+            "id_order_sequential_ndcg@5": round(id_order_seq.ndcg(5)),
+            "id_order_sequential_hr@10": round(id_order_seq.hr(10)),
+            "id_order_sequential_ndcg@10": round(id_order_seq.ndcg(10)),
             "train_seconds": (train_seconds * 100.0).round() / 100.0,
         })
     );
