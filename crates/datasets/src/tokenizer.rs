@@ -81,15 +81,17 @@ impl RecTokenizer {
         })
     }
 
-    /// Target ids: the text's tokens cut to `max_tokens`, then eos.
+    /// Target ids as POD's data code builds them (`utils.py`, which PeaPOD's follows): the
+    /// text's tokens, then eos, cut to `max_tokens` — a long explanation keeps `max_tokens`
+    /// pieces and no eos. BLEU/ROUGE references are decoded from these targets.
     pub fn encode_target(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>, DatasetError> {
         let enc = self
             .inner
             .encode(text, false)
             .map_err(|e| DatasetError::Tokenizer(e.to_string()))?;
-        let ids = enc.get_ids();
-        let mut out = ids[..ids.len().min(max_tokens)].to_vec();
+        let mut out = enc.get_ids().to_vec();
         out.push(EOS_ID);
+        out.truncate(max_tokens);
         Ok(out)
     }
 

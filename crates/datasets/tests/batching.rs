@@ -40,8 +40,9 @@ fn check_padding(b: &Batch) {
         assert_eq!(b.input_ids[[row, real - 1]], EOS_ID);
         assert!((real..len).all(|c| b.input_ids[[row, c]] == 0 && b.whole_word_ids[[row, c]] == 0));
         let t_real = b.target_mask.row(row).iter().filter(|&&m| m == 1).count();
-        assert_eq!(b.target_ids[[row, t_real - 1]], EOS_ID);
-        assert!(t_real <= 21);
+        // A target ends in eos unless POD's cut kept 20 pieces of a long explanation.
+        assert!(b.target_ids[[row, t_real - 1]] == EOS_ID || t_real == 20);
+        assert!(t_real <= 20);
         assert!((t_real..b.target_ids.dim().1).all(|c| b.target_ids[[row, c]] == 0));
     }
     // Some row fills the width: padding is to the longest, not beyond.

@@ -101,7 +101,7 @@ fn mentions_need_digits_and_a_word_start() {
 }
 
 #[test]
-fn targets_are_digits_or_truncated_explanations_plus_eos() {
+fn targets_are_digits_plus_eos_or_explanations_cut_as_pod_cuts_them() {
     let tok = tok();
     assert_eq!(tok.item_target_ids(1234).unwrap(), [586, 3710, EOS_ID]); // ▁12 34
     assert_eq!(
@@ -116,13 +116,42 @@ fn targets_are_digits_or_truncated_explanations_plus_eos() {
     let long = "The board had to be put away for my 18 month old grand daughter and we used just the refrigerator for the alphabet";
     let full = tok.encode(long).unwrap();
     assert!(full.len() > 21);
+    // POD's cut: tokens + eos, then the first 20 — a long explanation has no eos.
     let cut = tok.encode_target(long, 20).unwrap();
-    assert_eq!(cut.len(), 21);
-    assert_eq!(&cut[..20], &full[..20]);
-    assert_eq!(cut[20], EOS_ID);
-    assert_eq!(tok.decode(&cut).unwrap(), tok.decode(&full[..20]).unwrap());
+    assert_eq!(cut, &full[..20]);
+    assert!(!cut.contains(&EOS_ID));
     let short = tok.encode_target("to have some good fun", 20).unwrap();
     assert_eq!(short, tok.encode("to have some good fun").unwrap());
+    assert_eq!(short.last(), Some(&EOS_ID));
+}
+
+#[test]
+fn explanation_targets_of_the_toys_excerpt_follow_pods_cut() {
+    let tok = tok();
+    let toys = peapod_datasets::Dataset::load(format!("{DATA}/toys")).unwrap();
+    let exp =
+        peapod_datasets::Explanations::load(format!("{DATA}/toys/explanation_excerpt.json"), &toys)
+            .unwrap();
+    let (mut long, mut short) = (0, 0);
+    for record in exp.train.iter().chain(&exp.test) {
+        let full = tok.encode(&record.explanation).unwrap(); // tokens + eos
+        let target = tok.encode_target(&record.explanation, 20).unwrap();
+        assert_eq!(
+            target,
+            &full[..full.len().min(20)],
+            "{}",
+            record.explanation
+        );
+        if full.len() > 20 {
+            long += 1;
+            assert_ne!(target.last(), Some(&EOS_ID));
+        } else {
+            short += 1;
+            assert_eq!(target.last(), Some(&EOS_ID));
+        }
+    }
+    // The excerpt has both kinds.
+    assert!(long > 0 && short > 0, "{long} long, {short} short");
 }
 
 #[test]
