@@ -209,9 +209,10 @@ fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "total wall time {:.1} s; report in {}",
+        "total wall time {:.1} s; report in {} and {} (with the paper's row)",
         started.elapsed().as_secs_f64(),
-        report_path.display()
+        report_path.display(),
+        report_path.with_extension("md").display()
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ mod error;
 pub mod eval;
 pub mod model;
 pub mod optim;
+pub mod paper;
 pub mod pipeline;
 mod progress;
 pub mod run;

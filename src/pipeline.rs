@@ -158,6 +158,17 @@ pub struct Report {
     /// Users unknown to the MF model, embedded by fold-in of their history.
     #[serde(default)]
     pub cold_start_users: usize,
+    /// How items were numbered (`sequential`: P5's ids, which leak the answer: see the ID-order
+    /// baseline).
+    #[serde(default = "sequential_indexing")]
+    pub indexing: String,
+    /// The optimizer step of the evaluated checkpoint, when one was evaluated.
+    #[serde(default)]
+    pub checkpoint_step: Option<u64>,
+}
+
+fn sequential_indexing() -> String {
+    "sequential".to_string()
 }
 
 /// A fixed sample of `n` users (every ⌈N/n⌉-th user from the first): the same users for every
@@ -314,6 +325,8 @@ pub fn evaluate(
         decoding: cfg.clone(),
         provenance: provenance.to_string(),
         cold_start_users: 0,
+        indexing: sequential_indexing(),
+        checkpoint_step: None,
     })
 }
 
@@ -327,6 +340,96 @@ impl Report {
         self.baselines.mf.extend(other.baselines.mf);
         self.users_evaluated = self.users_evaluated.max(other.users_evaluated);
         self.wall_seconds += other.wall_seconds;
+    }
+
+    /// The report as Markdown, one table per task: the model under each decoding mode, the
+    /// baselines on the same users and candidates, and the paper's PeaPOD row for the dataset;
+    /// with the indexing, the users evaluated and the checkpoint step stated.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "# {} · {} · {} split\n\n- users evaluated: {}{}\n- item indexing: {}{}\n- \
+             weights: {}\n- decoding: {} beams, {} returned\n- wall time: {:.1} s\n",
+            self.dataset,
+            self.variant,
+            self.split,
+            self.users_evaluated,
+            if self.cold_start_users > 0 {
+                format!(
+                    " ({} unknown to MF, embedded by fold-in of their history)",
+                    self.cold_start_users
+                )
+            } else {
+                String::new()
+            },
+            self.indexing,
+            if self.indexing == "sequential" {
+                " (P5's ids: the ID-order row shows what they leak)"
+            } else {
+                ""
+            },
+            match self.checkpoint_step {
+                Some(step) => format!("{} (step {step})", self.provenance),
+                None => self.provenance.clone(),
+            },
+            self.decoding.num_beams,
+            self.decoding.num_return_sequences,
+            self.wall_seconds,
+        );
+        let paper = crate::paper::paper_row(&self.dataset);
+        for (task, report) in &self.tasks {
+            let cols: &[&str] = match task.as_str() {
+                "explanation" => &[
+                    "bleu_1",
+                    "bleu_4",
+                    "rouge_1/f_score",
+                    "rouge_2/f_score",
+                    "rouge_l/f_score",
+                    "usr",
+                ],
+                "topn" => &["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"],
+                _ => &["hr@5", "ndcg@5", "hr@10", "ndcg@10"],
+            };
+            out.push_str(&format!(
+                "\n## {task} ({} users)\n\n| ranker | {} |\n|---|{}\n",
+                report.users,
+                cols.join(" | "),
+                "---|".repeat(cols.len())
+            ));
+            let mut row = |name: &str, m: &BTreeMap<String, f64>| {
+                let cells: Vec<String> = cols
+                    .iter()
+                    .map(|c| m.get(*c).map_or("—".to_string(), |v| format!("{v:.4}")))
+                    .collect();
+                out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+            };
+            for (mode, m) in &report.modes {
+                row(&format!("**{} ({mode})**", self.variant), m);
+            }
+            for (name, table) in [
+                ("popularity", &self.baselines.popularity),
+                ("ID order (leak)", &self.baselines.id_order),
+                ("MF (BPR)", &self.baselines.mf),
+            ] {
+                if let Some(m) = table.get(task) {
+                    row(name, m);
+                }
+            }
+            if let Some(p) = paper {
+                let m: BTreeMap<String, f64> = crate::paper::paper_metrics(p, task)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                if !m.is_empty() {
+                    row("paper: PeaPOD (T5-small, all test users)", &m);
+                }
+            }
+        }
+        out.push_str(
+            "\nThe paper's row evaluates every test user with T5-small trained to convergence; \
+             compare it with care when the rows above come from fewer users or a smaller \
+             model. A SASRec baseline is not in these reports yet.\n",
+        );
+        out
     }
 
     /// A short human-readable table: one row per (task, ranker).

@@ -375,14 +375,17 @@ pub fn load_pretrained_t5(model: &PeaPod, dir: &Path) -> Result<LoadReport, Peap
 }
 
 impl Report {
-    /// Writes the report as pretty JSON, creating the directory.
+    /// Writes the report as pretty JSON to `path`, and as Markdown ([`Report::markdown`])
+    /// beside it (`path` with the extension `md`), creating the directory.
     pub fn write_json(&self, path: &Path) -> Result<(), PeapodError> {
         let json =
             serde_json::to_string_pretty(self).map_err(|e| PeapodError::Config(e.to_string()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| PeapodError::io(dir, e))?;
         }
-        std::fs::write(path, json).map_err(|e| PeapodError::io(path, e))
+        std::fs::write(path, json).map_err(|e| PeapodError::io(path, e))?;
+        let md = path.with_extension("md");
+        std::fs::write(&md, self.markdown()).map_err(|e| PeapodError::io(&md, e))
     }
 }
 
@@ -492,7 +495,7 @@ pub fn train_run(
                 .best_checkpoint
                 .clone()
                 .unwrap_or(outcome.last_checkpoint.clone());
-            let (model, _) = load_model(&path, Some(&queries), device)?;
+            let (model, header) = load_model(&path, Some(&queries), device)?;
             let request = EvalRequest {
                 split: Split::Test,
                 users: Some(fixed_user_sample(&data.dataset, n)),
@@ -503,7 +506,8 @@ pub fn train_run(
                     ..EvalConfig::default()
                 },
             };
-            let report = evaluate(&model, &data, Some(&mf), &request, &provenance, run.show)?;
+            let mut report = evaluate(&model, &data, Some(&mf), &request, &provenance, run.show)?;
+            report.checkpoint_step = Some(header.optimizer_step);
             let path = run.run_dir.report(None);
             report.write_json(&path)?;
             Some((report, path))
@@ -600,6 +604,7 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
     let provenance = format!("checkpoint {}", path.display());
     let mut report = evaluate(&model, &data, mf.as_ref(), &request, &provenance, run.show)?;
     report.cold_start_users = folded;
+    report.checkpoint_step = Some(header.optimizer_step);
     let out = run
         .report
         .clone()

@@ -204,6 +204,22 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
         show: false,
     };
     evaluation_run(&eval(&copy), &device)?;
+    // Beside report.json, report.md: the model, the baselines and the paper's row per task,
+    // with the indexing, the users and the checkpoint step stated.
+    let md = std::fs::read_to_string(tmp.path().join("report.md"))?;
+    for want in [
+        "# beauty · peapod · validation split",
+        "- users evaluated: 2",
+        "- item indexing: sequential",
+        "(step 1)",
+        "## sequential (2 users)",
+        "| popularity |",
+        "| ID order (leak) |",
+        "| MF (BPR) |",
+        "| paper: PeaPOD (T5-small, all test users) | 0.0588 | 0.0445 | 0.0738 | 0.0493 |",
+    ] {
+        assert!(md.contains(want), "report.md lacks {want:?}:\n{md}");
+    }
 
     // Users the run's MF model never saw (here: MF retrained without users 1..=40) are folded
     // in from their histories, counted in the report; or refused on request.

@@ -196,7 +196,11 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
     }
     if let Some((report, path)) = &done.report {
         println!("{}", report.table());
-        eprintln!("report written to {}", path.display());
+        eprintln!(
+            "report written to {} and {}",
+            path.display(),
+            path.with_extension("md").display()
+        );
     }
     Ok(())
 }
@@ -275,6 +279,10 @@ pub fn run_evaluation(args: &EvaluateArgs) -> Result<(), PeapodError> {
     };
     let (report, path) = evaluation_run(&run, &device)?;
     println!("{}", report.table());
-    eprintln!("report written to {}", path.display());
+    eprintln!(
+        "report written to {} and {}",
+        path.display(),
+        path.with_extension("md").display()
+    );
     Ok(())
 }
