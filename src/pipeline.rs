@@ -325,7 +325,7 @@ pub fn evaluate(
         decoding: cfg.clone(),
         provenance: provenance.to_string(),
         cold_start_users: 0,
-        indexing: sequential_indexing(),
+        indexing: data.indexing.describe(),
         checkpoint_step: None,
     })
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use peapod_datasets::{Split, Task, DATAMAPS_FILE, NEGATIVES_FILE, SEQUENTIAL_FILE};
+use peapod_datasets::{ItemIndexing, Split, Task, DATAMAPS_FILE, NEGATIVES_FILE, SEQUENTIAL_FILE};
 use peapod_pmf::{MfConfig, MfModel, Progress};
 use peapod_t5_rec::{load_weights, LoadOptions, LoadReport, T5Config};
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,8 @@ pub const RUN_MANIFEST: &str = "run.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunManifest {
     pub dataset: String,
-    /// How items are numbered (`sequential`: P5's ids as the files give them).
+    /// How items are numbered (`ItemIndexing::describe`: `sequential` for P5's ids as the files
+    /// give them, `random (seed S)`).
     pub indexing: String,
     pub model: ModelConfig,
     pub mf: MfConfig,
@@ -51,6 +52,7 @@ impl RunManifest {
         dataset: &str,
         data_root: &Path,
         explanations: Option<&Path>,
+        indexing: ItemIndexing,
         model: ModelConfig,
         mf: MfConfig,
     ) -> Result<Self, PeapodError> {
@@ -82,7 +84,7 @@ impl RunManifest {
         }
         Ok(Self {
             dataset: dataset.to_string(),
-            indexing: "sequential".to_string(),
+            indexing: indexing.describe(),
             model,
             mf,
             data,
@@ -397,6 +399,8 @@ pub struct TrainRun {
     pub data_root: PathBuf,
     /// Explanation file; the explanation task joins training when given.
     pub explanations: Option<PathBuf>,
+    /// How items are numbered (the paper: sequential, P5's ids).
+    pub indexing: ItemIndexing,
     pub variant: Variant,
     pub t5: T5Config,
     /// Directory with Hugging Face `model.safetensors` to start T5 from (else random).
@@ -442,13 +446,15 @@ pub fn train_run(
     // Every setting is checked before anything is read or written.
     run.train.validate()?;
     mf_config(run.mf_iterations, run.train.seed).validate()?;
-    let data = TrainingData::load(&run.data_root, &run.dataset, run.explanations.as_deref())?;
+    let data = TrainingData::load(&run.data_root, &run.dataset, run.explanations.as_deref())?
+        .with_indexing(run.indexing)?;
     let mf_settings = mf_config(run.mf_iterations, run.train.seed);
     let config = ModelConfig::new(run.variant, run.t5.clone(), mf_settings.dim, run.train.seed);
     let manifest = RunManifest::describe(
         &run.dataset,
         &run.data_root,
         run.explanations.as_deref(),
+        run.indexing,
         config.clone(),
         mf_settings,
     )?;
@@ -531,6 +537,10 @@ pub struct EvalRun {
     pub checkpoint: PathBuf,
     pub data_root: PathBuf,
     pub explanations: Option<PathBuf>,
+    /// The kind of item numbering to evaluate under (`sequential`, `random`): `None` takes the
+    /// checkpoint's (a random permutation's seed always comes from the checkpoint); another
+    /// kind than the checkpoint's is refused.
+    pub indexing: Option<String>,
     pub split: Split,
     pub tasks: Vec<Task>,
     /// A fixed sample of this many users (0: all).
@@ -555,12 +565,23 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
     }
     let (dir, path) = RunDir::locate(&run.checkpoint)?;
     let header: CheckpointHeader = read_checkpoint_header(&path)?;
+    if let Some(asked) = run.indexing.as_deref() {
+        ItemIndexing::parse(asked, 0)?;
+        if asked != header.indexing.kind() {
+            return Err(PeapodError::Config(format!(
+                "{} was trained with {} item indexing; it cannot be evaluated under {asked}",
+                path.display(),
+                header.indexing.describe(),
+            )));
+        }
+    }
     // The data must be what the run was trained on.
     if let Some(manifest) = dir.manifest()? {
         let now = RunManifest::describe(
             &manifest.dataset,
             &run.data_root,
             run.explanations.as_deref(),
+            header.indexing,
             manifest.model.clone(),
             manifest.mf.clone(),
         )?;
@@ -582,7 +603,8 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
             )));
         }
     }
-    let data = TrainingData::load(&run.data_root, &header.dataset, run.explanations.as_deref())?;
+    let data = TrainingData::load(&run.data_root, &header.dataset, run.explanations.as_deref())?
+        .with_indexing(header.indexing)?;
     let (mf, folded) = match dir.mf_cache() {
         p if p.exists() => {
             let (mf, folded) = cover_users(&MfModel::load(&p)?, &data.dataset, run.cold_start)?;

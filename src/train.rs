@@ -9,8 +9,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use indicatif::ProgressBar;
 use peapod_datasets::{
-    evaluation_examples, Batch, Dataset, Example, Explanations, RecTokenizer, Split, Task,
-    TaskAlternatingBatcher, Templates,
+    evaluation_examples, Batch, Dataset, Example, Explanations, ItemIndexing, RecTokenizer, Split,
+    Task, TaskAlternatingBatcher, Templates,
 };
 use serde::{Deserialize, Serialize};
 
@@ -192,6 +192,9 @@ pub struct CheckpointHeader {
     pub optimizer_step: u64,
     /// Dataset directory name the run trained on.
     pub dataset: String,
+    /// How the run numbered items (checkpoints from before the choice existed: sequential).
+    #[serde(default)]
+    pub indexing: ItemIndexing,
 }
 
 /// What a training call ended with.
@@ -204,12 +207,14 @@ pub struct TrainOutcome {
     pub stopped_by: &'static str,
 }
 
-/// The data a run reads: the dataset, its templates, the tokenizer, optional explanations.
+/// The data a run reads: the dataset, its templates, the tokenizer, optional explanations, and
+/// how its items are numbered.
 pub struct TrainingData {
     pub dataset: Dataset,
     pub templates: Templates,
     pub tokenizer: RecTokenizer,
     pub explanations: Option<Explanations>,
+    pub indexing: ItemIndexing,
 }
 
 impl TrainingData {
@@ -231,6 +236,28 @@ impl TrainingData {
             templates,
             tokenizer,
             explanations,
+            indexing: ItemIndexing::Sequential,
+        })
+    }
+
+    /// This data with its items numbered by `indexing` (from P5's sequential ids): the
+    /// dataset, its test negatives and the explanations, so that every user's items,
+    /// candidates and explanations stay the same items.
+    pub fn with_indexing(self, indexing: ItemIndexing) -> Result<Self, PeapodError> {
+        if self.indexing != ItemIndexing::Sequential {
+            return Err(PeapodError::Config(format!(
+                "the data is already numbered by {}",
+                self.indexing.describe()
+            )));
+        }
+        let Some(permutation) = indexing.permutation(self.dataset.num_items()) else {
+            return Ok(self);
+        };
+        Ok(Self {
+            dataset: self.dataset.reindexed(&permutation)?,
+            explanations: self.explanations.map(|e| e.reindexed(&permutation)),
+            indexing,
+            ..self
         })
     }
 
@@ -336,6 +363,16 @@ pub fn train(
     if resume && last_path.exists() {
         let (tensors, header): (_, CheckpointHeader) = load_checkpoint(&last_path, model.device())?;
         check_compatible(&last_path, &header, model.config(), cfg)?;
+        if header.indexing != data.indexing {
+            return Err(PeapodError::checkpoint(
+                &last_path,
+                format!(
+                    "it numbers items by {}; this run by {}: use another output directory",
+                    header.indexing.describe(),
+                    data.indexing.describe()
+                ),
+            ));
+        }
         if header.dataset != data.dataset.name() {
             return Err(PeapodError::checkpoint(
                 &last_path,
@@ -390,6 +427,7 @@ pub fn train(
         state: state.clone(),
         optimizer_step: optimizer.steps(),
         dataset: data.dataset.name().to_string(),
+        indexing: data.indexing,
     };
     let started = Instant::now();
     let mut stopped_by = "epochs";

@@ -14,7 +14,7 @@ use peapod::run::{
     evaluation_run, starting_checkpoint, train_run, EvalRun, RunDir, TrainRun, RUN_MANIFEST,
 };
 use peapod::train::{TrainConfig, TrainingData};
-use peapod_datasets::{Split, Task};
+use peapod_datasets::{ItemIndexing, Split, Task};
 use peapod_pmf::{Interactions, MfModel, LEAVE_ONE_OUT_HELD_OUT};
 use peapod_t5_rec::T5Config;
 
@@ -40,6 +40,7 @@ fn tiny_run(dataset: &str, data_root: &Path, dir: &Path) -> TrainRun {
         dataset: dataset.to_string(),
         data_root: data_root.to_path_buf(),
         explanations: None,
+        indexing: ItemIndexing::Sequential,
         variant: Variant::Peapod,
         t5: micro_t5(),
         pretrained: None,
@@ -120,6 +121,14 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
         .err()
         .map(|e| e.to_string());
     assert!(err.unwrap_or_default().contains("MF settings"));
+    let mut random = tiny_run("beauty", &data_root(), &dir);
+    random.indexing = ItemIndexing::Random { seed: 7 };
+    let err = train_run(&random, &device, |_| {})
+        .err()
+        .map(|e| e.to_string());
+    assert!(err
+        .unwrap_or_default()
+        .contains("indexing sequential (this run: random (seed 7))"));
     // --no-resume does not make another run's directory writable either.
     let mut afresh = tiny_run("toys", &data_root(), &dir);
     afresh.resume = false;
@@ -191,6 +200,7 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
         checkpoint: dir.clone(),
         data_root: root.to_path_buf(),
         explanations: None,
+        indexing: None,
         split: Split::Validation,
         tasks: vec![Task::Sequential],
         users: 2,
@@ -204,6 +214,19 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
         show: false,
     };
     evaluation_run(&eval(&copy), &device)?;
+    // A checkpoint trained under one indexing refuses to evaluate under another.
+    let err = evaluation_run(
+        &EvalRun {
+            indexing: Some("random".into()),
+            ..eval(&copy)
+        },
+        &device,
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert!(err
+        .unwrap_or_default()
+        .contains("cannot be evaluated under random"));
     // Beside report.json, report.md: the model, the baselines and the paper's row per task,
     // with the indexing, the users and the checkpoint step stated.
     let md = std::fs::read_to_string(tmp.path().join("report.md"))?;
@@ -261,6 +284,55 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
 }
 
 #[test]
+fn a_random_indexing_run_trains_resumes_and_evaluates_under_its_own_permutation(
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("random-run");
+    let device = candle_core::Device::Cpu;
+    let mut run = tiny_run("beauty", &data_root(), &dir);
+    run.indexing = ItemIndexing::Random { seed: 7 };
+    train_run(&run, &device, |_| {})?;
+    let header: peapod::train::CheckpointHeader =
+        peapod::checkpoint::read_checkpoint_header(&RunDir::new(&dir).last_checkpoint())?;
+    assert_eq!(header.indexing, ItemIndexing::Random { seed: 7 });
+    // Resuming under the same permutation is the same run.
+    train_run(&run, &device, |_| {})?;
+    let eval = EvalRun {
+        checkpoint: dir.clone(),
+        data_root: data_root(),
+        explanations: None,
+        indexing: Some("random".into()),
+        split: Split::Validation,
+        tasks: vec![Task::Sequential, Task::TopN],
+        users: 4,
+        decoding: EvalConfig {
+            num_beams: 2,
+            num_return_sequences: 2,
+            ..EvalConfig::default()
+        },
+        cold_start: Default::default(),
+        report: Some(tmp.path().join("report.json")),
+        show: false,
+    };
+    let (report, _) = evaluation_run(&eval, &device)?;
+    assert_eq!(report.indexing, "random (seed 7)");
+    assert!(report.baselines.id_order.contains_key("topn"));
+    let err = evaluation_run(
+        &EvalRun {
+            indexing: Some("sequential".into()),
+            ..eval
+        },
+        &device,
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert!(err
+        .unwrap_or_default()
+        .contains("random (seed 7) item indexing"));
+    Ok(())
+}
+
+#[test]
 fn settings_out_of_their_domain_are_refused_before_any_work() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("never");
@@ -286,6 +358,7 @@ fn settings_out_of_their_domain_are_refused_before_any_work() {
         checkpoint: dir.clone(),
         data_root: data_root(),
         explanations: None,
+        indexing: None,
         split: Split::Test,
         tasks: vec![Task::Sequential],
         users: 2,

@@ -15,7 +15,7 @@ use peapod::run::{
 };
 use peapod::train::TrainConfig;
 use peapod::PeapodError;
-use peapod_datasets::{Split, Task};
+use peapod_datasets::{ItemIndexing, Split, Task};
 
 /// The repository's `data/` folder (the examples' default).
 pub fn default_data_root() -> PathBuf {
@@ -58,6 +58,10 @@ pub struct TrainArgs {
     /// Explanation file (P5/POD JSON layout); the explanation task joins training when given.
     #[arg(long)]
     pub explanations: Option<PathBuf>,
+    /// Item numbering: sequential (P5's ids, the paper; they leak the answer) or random (a
+    /// permutation drawn from --seed, leak-free).
+    #[arg(long, default_value = "sequential")]
+    pub indexing: String,
     /// Training epochs (the paper: up to 30, with early stopping).
     #[arg(long, default_value_t = 30)]
     pub epochs: usize,
@@ -124,6 +128,7 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
         dataset: dataset.to_string(),
         data_root: args.data_root.clone().unwrap_or_else(default_data_root),
         explanations: args.explanations.clone(),
+        indexing: ItemIndexing::parse(&args.indexing, args.seed)?,
         variant: Variant::parse(&args.variant)?,
         t5: t5_config(&args.config)?,
         pretrained: args.weights.clone(),
@@ -214,6 +219,10 @@ pub struct EvaluateArgs {
     /// validation or test.
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// Item numbering to evaluate under (sequential or random); it must be the checkpoint's
+    /// (default: the checkpoint's).
+    #[arg(long)]
+    pub indexing: Option<String>,
     /// Also decode restricted to real items / the input's candidates, and score top-n exactly.
     #[arg(long)]
     pub constrained: bool,
@@ -257,6 +266,7 @@ pub fn run_evaluation(args: &EvaluateArgs) -> Result<(), PeapodError> {
         checkpoint: args.checkpoint.clone(),
         data_root: args.data_root.clone().unwrap_or_else(default_data_root),
         explanations: args.explanations.clone(),
+        indexing: args.indexing.clone(),
         split: Split::parse(&args.split)?,
         tasks: args
             .tasks

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 use crate::files::{parse_id, parse_id_lines, read_to_string};
+use crate::indexing::ItemPermutation;
 use crate::negatives::{
     Negatives, NumpyMt19937, NEGATIVES_FILE, NUM_TEST_NEGATIVES, P5_NEGATIVE_SEED,
 };
@@ -189,6 +190,55 @@ impl Dataset {
             item_keys: Vec::new(),
             test_negatives: OnceLock::new(),
         })
+    }
+
+    /// This dataset with its items renumbered by `permutation` (of exactly its items): every
+    /// sequence, the item keys and the test negatives — drawn first on the original ids when
+    /// they were not loaded, so that each user's candidates stay the same items.
+    pub fn reindexed(&self, permutation: &ItemPermutation) -> Result<Dataset, DatasetError> {
+        if permutation.num_items() != self.num_items {
+            return Err(DatasetError::InvalidRequest(format!(
+                "a permutation of {} items for dataset {} of {}",
+                permutation.num_items(),
+                self.name,
+                self.num_items
+            )));
+        }
+        let negatives = self.test_negatives()?;
+        let sequences = self
+            .order
+            .iter()
+            .map(|&u| {
+                let items = self
+                    .sequence(u)
+                    .iter()
+                    .map(|&i| permutation.new_id(i))
+                    .collect();
+                (u, items, u as usize)
+            })
+            .collect();
+        let mut out = Dataset::build(
+            self.name.clone(),
+            self.dir.clone(),
+            sequences,
+            self.num_items,
+        )
+        .map_err(|(_, m)| DatasetError::InvalidRequest(m))?;
+        out.user_keys = self.user_keys.clone();
+        if !self.item_keys.is_empty() {
+            out.item_keys = (1..=self.num_items as u32)
+                .map(|new| self.item_keys[permutation.old_id(new) as usize - 1].clone())
+                .collect();
+        }
+        out.test_negatives = OnceLock::from(Negatives {
+            order: negatives.order.clone(),
+            lists: negatives
+                .lists
+                .iter()
+                .map(|l| l.iter().map(|&i| permutation.new_id(i)).collect())
+                .collect(),
+        });
+        Ok(out)
     }
 
     /// The dataset's name: its directory's name, e.g. `"beauty"`.

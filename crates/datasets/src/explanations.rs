@@ -56,6 +56,24 @@ impl Explanations {
         Ok(out)
     }
 
+    /// These explanations with their items renumbered by `permutation`.
+    pub fn reindexed(&self, permutation: &crate::ItemPermutation) -> Explanations {
+        let map = |records: &[ExplanationRecord]| -> Vec<ExplanationRecord> {
+            records
+                .iter()
+                .map(|r| ExplanationRecord {
+                    item: permutation.new_id(r.item),
+                    ..r.clone()
+                })
+                .collect()
+        };
+        Explanations {
+            train: map(&self.train),
+            val: map(&self.val),
+            test: map(&self.test),
+        }
+    }
+
     pub fn split(&self, split: Split) -> &[ExplanationRecord] {
         match split {
             Split::Train => &self.train,

@@ -21,6 +21,7 @@ mod dataset;
 mod error;
 mod explanations;
 mod files;
+mod indexing;
 mod negatives;
 mod tasks;
 mod templates;
@@ -34,6 +35,7 @@ pub use dataset::{
 };
 pub use error::DatasetError;
 pub use explanations::{ExplanationRecord, Explanations};
+pub use indexing::{ItemIndexing, ItemPermutation};
 pub use negatives::{
     Negatives, NumpyMt19937, NEGATIVES_FILE, NUM_TEST_NEGATIVES, P5_NEGATIVE_SEED,
 };

@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use peapod_datasets::{
-    id_order_candidates, id_order_ranking, load_or_generate_negatives, visible_history, Dataset,
-    Split,
+    id_order_candidates, id_order_ranking, visible_history, Dataset, ItemIndexing, Split,
 };
 use peapod_pmf::{Interactions, MfConfig, MfModel, LEAVE_ONE_OUT_HELD_OUT};
 
@@ -64,6 +63,10 @@ struct Args {
     /// Seed of the initialisation and the sampling (default 2022).
     #[arg(long)]
     seed: Option<u64>,
+    /// Item numbering: sequential (P5's ids) or random (a permutation drawn from --seed,
+    /// default 2022).
+    #[arg(long, default_value = "sequential")]
+    indexing: String,
     /// Skip evaluation (timing runs).
     #[arg(long)]
     no_eval: bool,
@@ -131,6 +134,11 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dataset = Dataset::load(args.data_dir.join(&args.dataset))?;
+    let indexing = ItemIndexing::parse(&args.indexing, args.seed.unwrap_or(2022))?;
+    let dataset = match indexing.permutation(dataset.num_items()) {
+        Some(p) => dataset.reindexed(&p)?,
+        None => dataset,
+    };
     let sequences: Sequences = dataset
         .users()
         .map(|u| (u, dataset.sequence(u).to_vec()))
@@ -202,7 +210,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Test candidates: the target and the user's 99 P5 negatives.
-    let negatives = load_or_generate_negatives(dataset.dir(), &dataset)?;
+    // P5's test negatives (the file's, or drawn as P5 drew them), under the run's indexing.
+    let negatives = dataset.test_negatives()?;
     let popularity = train.item_popularity();
     let popularity_by_id: Vec<u32> = (0..=dataset.num_items() as u32)
         .map(|i| train.item_row(i).map_or(0, |r| popularity[r]))
@@ -286,6 +295,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "{}",
         serde_json::json!({
             "dataset": args.dataset,
+            "indexing": indexing.describe(),
             "hr@1": round(mf.hr(1)),
             "hr@5": round(mf.hr(5)),
             "ndcg@5": round(mf.ndcg(5)),
