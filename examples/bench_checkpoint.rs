@@ -6,6 +6,8 @@
 //!
 //! `cargo run --release --example bench_checkpoint -- [--config t5-small|tiny] [--repeats 5]`
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -32,13 +34,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run())
 }
 
 fn run() -> Result<()> {

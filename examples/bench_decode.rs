@@ -13,6 +13,8 @@
 //! GPU; `--compare-cpu` then also decodes once on the CPU and reports how many inputs got the
 //! same returned list and the largest score difference between the two.
 
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -62,13 +64,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run())
 }
 
 fn run() -> Result<()> {

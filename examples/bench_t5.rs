@@ -9,6 +9,8 @@
 //! `--device cuda` needs a build with `--features cuda` (see `scripts/build_cuda.sh`); each
 //! timed step then ends with a device synchronisation, so the figures are wall-clock.
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -72,13 +74,7 @@ fn parse_case(value: &str) -> Result<(usize, usize), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run())
 }
 
 fn run() -> anyhow::Result<()> {

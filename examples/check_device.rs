@@ -9,6 +9,8 @@
 //! check_device --device cuda [--config tiny|t5-small] [--steps 20] [--tolerance 1e-3]
 //! ```
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
@@ -157,13 +159,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run())
 }
 
 fn run() -> Result<()> {

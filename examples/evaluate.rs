@@ -14,18 +14,10 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run())
 }
 
 fn run() -> anyhow::Result<()> {
-    // Large tensors are freed and reallocated every step: keep them in the heap; and let
-    // candle's idle workers sleep instead of spinning on cores the gemm needs.
     // Process-wide allocator and worker-pool settings, once, before any tensor exists.
     peapod::CpuPolicy::default().apply_to_process();
     let cli = Cli::parse();

@@ -542,15 +542,7 @@ mod tests {
         let queries = user_queries(&covered, &dataset, &Device::Cpu)?;
         let row: Vec<f32> = queries.get(9)?.to_vec1()?;
         assert_eq!(row, by_hand.to_vec());
-        let t5 = T5Config {
-            d_model: 16,
-            d_kv: 4,
-            d_ff: 32,
-            num_heads: 4,
-            num_layers: 1,
-            num_decoder_layers: 1,
-            ..T5Config::tiny()
-        };
+        let t5 = T5Config::micro();
         let model_config = ModelConfig::new(Variant::Peapod, t5, 8, 5);
         let model = PeaPod::new(model_config.clone(), Some(&queries), &Device::Cpu)?;
         let alpha = |m: &PeaPod| -> Result<Vec<f32>, PeapodError> {

@@ -20,19 +20,6 @@ fn data_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
-/// A T5 small enough for a test (the real vocabulary, tiny widths).
-fn micro_t5() -> T5Config {
-    T5Config {
-        d_model: 16,
-        d_kv: 4,
-        d_ff: 32,
-        num_heads: 4,
-        num_layers: 1,
-        num_decoder_layers: 1,
-        ..T5Config::tiny()
-    }
-}
-
 fn queries(users: usize) -> Result<Tensor, PeapodError> {
     // Deterministic stand-in for MF embeddings: the pipeline's MF is tested in its own crate.
     let data: Vec<f32> = (0..users * 8)
@@ -61,7 +48,7 @@ fn config(max_steps: u64) -> TrainConfig {
 
 fn fresh_model(q: &Tensor) -> Result<PeaPod, PeapodError> {
     PeaPod::new(
-        ModelConfig::new(Variant::Peapod, micro_t5(), 8, 7),
+        ModelConfig::new(Variant::Peapod, T5Config::micro(), 8, 7),
         Some(q),
         &Device::Cpu,
     )
@@ -183,7 +170,7 @@ fn train_checkpoint_resume_and_evaluate_reproducibly() -> Result<(), PeapodError
 
     // A checkpoint of another model configuration is refused with a clear message.
     let other = PeaPod::new(
-        ModelConfig::new(Variant::Pod, micro_t5(), 8, 7),
+        ModelConfig::new(Variant::Pod, T5Config::micro(), 8, 7),
         None,
         &Device::Cpu,
     )?;

@@ -22,18 +22,6 @@ fn data_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
-fn micro_t5() -> T5Config {
-    T5Config {
-        d_model: 16,
-        d_kv: 4,
-        d_ff: 32,
-        num_heads: 4,
-        num_layers: 1,
-        num_decoder_layers: 1,
-        ..T5Config::tiny()
-    }
-}
-
 /// One optimizer step on 8 users, MF for one iteration.
 fn tiny_run(dataset: &str, data_root: &Path, dir: &Path) -> TrainRun {
     TrainRun {
@@ -42,7 +30,7 @@ fn tiny_run(dataset: &str, data_root: &Path, dir: &Path) -> TrainRun {
         explanations: None,
         indexing: ItemIndexing::Sequential,
         variant: Variant::Peapod,
-        t5: micro_t5(),
+        t5: T5Config::micro(),
         pretrained: None,
         train: TrainConfig {
             epochs: 1,

@@ -17,6 +17,18 @@ use peapod::train::TrainConfig;
 use peapod::PeapodError;
 use peapod_datasets::{ItemIndexing, Split, Task};
 
+/// Ends an example: exit status 0, or 1 after printing its error on one line (`error: …`,
+/// Display with its causes, never Debug).
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The repository's `data/` folder (the examples' default).
 pub fn default_data_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
@@ -115,6 +127,26 @@ pub struct TrainArgs {
     /// form the repository ships (`data/checkpoints/`).
     #[arg(long)]
     pub export_f16: Option<PathBuf>,
+}
+
+#[derive(clap::Parser)]
+struct TrainCli {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+/// The whole of `train_sports`, `train_beauty` and `train_toys`: the process settings, the
+/// flags, the run, and its exit status.
+pub fn train_main(dataset: &str) -> std::process::ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    peapod::CpuPolicy::default().apply_to_process();
+    let about = format!(
+        "Train PeaPOD on {dataset} with the paper's settings (P5 protocol), then optionally \
+         evaluate the best checkpoint"
+    );
+    let matches = TrainCli::command().about(about).get_matches();
+    let cli = TrainCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    exit_code(run_training(dataset, &cli.args).map_err(anyhow::Error::from))
 }
 
 /// `train_<dataset>`: the library's training run, with what it did printed.

@@ -90,6 +90,20 @@ impl T5Config {
         }
     }
 
+    /// The smallest useful model, for tests of everything around T5: T5's vocabulary,
+    /// d_model 16, one encoder and one decoder layer of 4 heads, d_ff 32.
+    pub fn micro() -> Self {
+        Self {
+            d_model: 16,
+            d_kv: 4,
+            d_ff: 32,
+            num_heads: 4,
+            num_layers: 1,
+            num_decoder_layers: 1,
+            ..Self::tiny()
+        }
+    }
+
     /// Reads a Hugging Face `config.json` (unknown fields are ignored; absent
     /// `num_decoder_layers` means as many as the encoder, absent `decoder_start_token_id` means
     /// the pad id, as in T5). Our own checkpoints' configs are plain serde of this struct.
