@@ -125,6 +125,11 @@ fn run() -> anyhow::Result<()> {
             outcome.state.global_step,
             outcome.state.global_step * train_config.batch_size as u64
         );
+        peapod::run::write_training_curves(
+            &peapod::run::RunDir::new(&cli.out).curves(),
+            &outcome.state,
+            "quickstart: PeaPOD (tiny T5) fine-tuned on beauty",
+        )?;
     }
 
     eprintln!("[3/3] evaluating {} test users", cli.users);
@@ -201,10 +206,11 @@ fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "total wall time {:.1} s; report in {} and {} (with the paper's row)",
+        "total wall time {:.1} s; report in {} and {} (with the paper's row); training curves in {}",
         started.elapsed().as_secs_f64(),
         report_path.display(),
-        report_path.with_extension("md").display()
+        report_path.with_extension("md").display(),
+        peapod::run::RunDir::new(&cli.out).curves().display()
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! checkpoints, beam-search decoding and evaluation against the protocol's metrics.
 
 pub mod checkpoint;
+pub mod curves;
 pub mod decode;
 mod error;
 pub mod eval;

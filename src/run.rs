@@ -247,6 +247,11 @@ impl RunDir {
         std::fs::write(&path, json).map_err(|e| PeapodError::io(&path, e))
     }
 
+    /// The run's training curves (`curves.svg`).
+    pub fn curves(&self) -> PathBuf {
+        self.path.join("curves.svg")
+    }
+
     /// The checkpoint to evaluate: `best` when the run has one, else `last`; an error naming
     /// the directory when it has neither.
     pub fn checkpoint_to_evaluate(&self) -> Result<PathBuf, PeapodError> {
@@ -391,6 +396,19 @@ impl Report {
     }
 }
 
+/// Writes the training curves of `state` ([`crate::curves::training_curves_svg`]) to `path`.
+pub fn write_training_curves(
+    path: &Path,
+    state: &crate::train::TrainState,
+    title: &str,
+) -> Result<(), PeapodError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| PeapodError::io(dir, e))?;
+    }
+    std::fs::write(path, crate::curves::training_curves_svg(state, title))
+        .map_err(|e| PeapodError::io(path, e))
+}
+
 /// Everything a training run needs (what `train_<dataset>` takes from its flags).
 #[derive(Debug, Clone)]
 pub struct TrainRun {
@@ -434,6 +452,8 @@ pub struct TrainRunOutcome {
     pub exported: Option<(PathBuf, PathBuf, u64)>,
     /// The evaluation report and where it was written.
     pub report: Option<(Report, PathBuf)>,
+    /// The training curves (`curves.svg` in the run directory).
+    pub curves: PathBuf,
 }
 
 /// A training run: MF queries (cached), model (pretrained T5 when given), training with
@@ -484,6 +504,15 @@ pub fn train_run(
         run.resume,
         run.show,
     )?;
+    let curves = run.run_dir.curves();
+    let title = format!(
+        "{} · {} · d_model {} · {} indexing",
+        run.dataset,
+        run.variant,
+        run.t5.d_model,
+        run.indexing.describe()
+    );
+    write_training_curves(&curves, &outcome.state, &title)?;
     let exported = match &run.export_f16 {
         Some(path) => {
             let from = match &outcome.best_checkpoint {
@@ -527,6 +556,7 @@ pub fn train_run(
         parameters,
         exported,
         report,
+        curves,
     })
 }
 

@@ -156,6 +156,9 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
+    /// The optimizer step at the epoch's end (0 in checkpoints from before it was recorded).
+    #[serde(default)]
+    pub step: u64,
     pub train_loss: f64,
     /// Mean validation loss per task name, and their mean.
     pub valid_loss: HashMap<String, f64>,
@@ -180,6 +183,29 @@ pub struct TrainState {
     pub history: Vec<EpochRecord>,
     /// True once training ended by epochs or early stopping (not by a budget).
     pub finished: bool,
+    /// The training loss against steps: the mean of every [`LOSS_CURVE_EVERY`] steps.
+    #[serde(default)]
+    pub loss_curve: Vec<(u64, f64)>,
+    /// Losses of the steps since the curve's last point (their sum and count), so that a
+    /// resumed run draws the curve the uninterrupted one would.
+    #[serde(default)]
+    pub loss_curve_pending: (f64, u64),
+}
+
+/// Steps averaged into one point of [`TrainState::loss_curve`].
+pub const LOSS_CURVE_EVERY: u64 = 10;
+
+impl TrainState {
+    fn record_loss(&mut self, loss: f64) {
+        let (sum, count) = &mut self.loss_curve_pending;
+        *sum += loss;
+        *count += 1;
+        if *count == LOSS_CURVE_EVERY {
+            self.loss_curve
+                .push((self.global_step, *sum / LOSS_CURVE_EVERY as f64));
+            self.loss_curve_pending = (0.0, 0);
+        }
+    }
 }
 
 /// The JSON header of a checkpoint.
@@ -482,6 +508,7 @@ pub fn train(
             state.epoch_loss_sum += value;
             state.step_in_epoch += 1;
             state.global_step += 1;
+            state.record_loss(value);
             let rate = samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             let budget = cfg.max_seconds.map_or(String::new(), |limit| {
                 let left = (limit - started.elapsed().as_secs_f64()).max(0.0);
@@ -511,6 +538,7 @@ pub fn train(
         };
         let record = EpochRecord {
             epoch: state.epoch,
+            step: state.global_step,
             train_loss: state.epoch_loss_sum / per_epoch.max(1) as f64,
             valid_loss,
             mean_valid_loss,

@@ -125,6 +125,14 @@ fn train_checkpoint_resume_and_evaluate_reproducibly() -> Result<(), PeapodError
             .collect()
     };
     assert_eq!(losses(&out_c.state.history), losses(&out_a.state.history));
+    // The loss curve (and its pending steps) resumes exactly too.
+    assert_eq!(out_c.state.loss_curve, out_a.state.loss_curve);
+    assert_eq!(
+        out_c.state.loss_curve_pending,
+        out_a.state.loss_curve_pending
+    );
+    assert_eq!(out_a.state.loss_curve_pending.1, 7);
+    assert_eq!(out_a.state.history[0].step, 4);
     assert_eq!(
         weights_of(&resumed)?,
         after_a,

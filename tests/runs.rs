@@ -89,8 +89,10 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("beauty-run");
     let device = candle_core::Device::Cpu;
-    train_run(&tiny_run("beauty", &data_root(), &dir), &device, |_| {})?;
+    let done = train_run(&tiny_run("beauty", &data_root(), &dir), &device, |_| {})?;
     assert!(dir.join(RUN_MANIFEST).exists());
+    assert_eq!(done.curves, dir.join("curves.svg"));
+    assert!(std::fs::read_to_string(&done.curves)?.starts_with("<svg"));
     let before = snapshot(&dir);
 
     // Another dataset, another variant, other MF settings: each refused, nothing touched.

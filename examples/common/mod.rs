@@ -223,6 +223,7 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
         done.outcome.state.global_step,
         done.outcome.last_checkpoint.display()
     );
+    eprintln!("training curves in {}", done.curves.display());
     if let Some((from, to, bytes)) = &done.exported {
         eprintln!(
             "exported {} as f16 weights to {} ({:.1} MB)",
