@@ -117,9 +117,7 @@ pub fn load_checkpoint<H: DeserializeOwned>(
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| PeapodError::checkpoint(path, format!("not a safetensors file: {e}")))?;
     let metadata = meta.metadata().as_ref();
-    let header = metadata.and_then(|m| m.get(HEADER_KEY)).ok_or_else(|| {
-        PeapodError::checkpoint(path, "no PeaPOD header: not a checkpoint of this project")
-    })?;
+    let header = header_json(path, metadata)?;
     if let Some(stored) = metadata.and_then(|m| m.get(CHECKSUM_KEY)) {
         let file = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| PeapodError::checkpoint(path, format!("not a safetensors file: {e}")))?;
@@ -135,10 +133,27 @@ pub fn load_checkpoint<H: DeserializeOwned>(
             ));
         }
     }
-    let header: H = serde_json::from_str(header)
-        .map_err(|e| PeapodError::checkpoint(path, format!("bad header: {e}")))?;
+    let header = parse_header(path, header)?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     Ok((tensors, header))
+}
+
+/// The JSON header in a checkpoint's safetensors metadata.
+fn header_json<'a>(
+    path: &Path,
+    metadata: Option<&'a HashMap<String, String>>,
+) -> Result<&'a str, PeapodError> {
+    metadata
+        .and_then(|m| m.get(HEADER_KEY))
+        .map(String::as_str)
+        .ok_or_else(|| {
+            PeapodError::checkpoint(path, "no PeaPOD header: not a checkpoint of this project")
+        })
+}
+
+fn parse_header<H: DeserializeOwned>(path: &Path, json: &str) -> Result<H, PeapodError> {
+    serde_json::from_str(json)
+        .map_err(|e| PeapodError::checkpoint(path, format!("bad header: {e}")))
 }
 
 /// Reads only the JSON header of a checkpoint written by [`save_checkpoint`] (the file's first
@@ -167,12 +182,7 @@ pub fn read_checkpoint_header<H: DeserializeOwned>(path: &Path) -> Result<H, Pea
     }
     let outer: Outer =
         serde_json::from_slice(&json).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let header = outer
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get(HEADER_KEY))
-        .ok_or_else(|| bad("no PeaPOD header: not a checkpoint of this project".into()))?;
-    serde_json::from_str(header).map_err(|e| bad(format!("bad header: {e}")))
+    parse_header(path, header_json(path, outer.metadata.as_ref())?)
 }
 
 /// Removes the temporary files a killed [`save_checkpoint`] left in `dir` (`*.tmp<pid>` beside

@@ -452,6 +452,12 @@ pub fn baseline_lists(
     let pop_all = by_score(&all_items, |i| popularity[i as usize] as f32);
     let mut pop = Vec::with_capacity(examples.len());
     let mut mf_lists = mf.map(|_| Vec::with_capacity(examples.len()));
+    let known_to_mf: Vec<bool> = match mf {
+        Some(model) => (0..=dataset.num_items() as u32)
+            .map(|i| model.item_row(i).is_ok())
+            .collect(),
+        None => Vec::new(),
+    };
     for e in examples {
         match &e.candidates {
             Some(c) => pop.push(by_score(c, |i| popularity[i as usize] as f32)),
@@ -460,34 +466,25 @@ pub fn baseline_lists(
         if let (Some(model), Some(out)) = (mf, mf_lists.as_mut()) {
             let items = e.candidates.as_deref().unwrap_or(&all_items);
             // Items MF never saw in training (only in held-out positions, or only by users it
-            // was not trained with) rank last.
-            let known: Vec<u32> = items
-                .iter()
-                .copied()
-                .filter(|&i| model.item_row(i).is_ok())
-                .collect();
-            let mut known_scores = model
-                .score_embedding(model.embedding(e.user)?, &known)?
-                .into_iter();
-            let scores: Vec<f32> = items
-                .iter()
-                .map(|&i| match model.item_row(i) {
-                    Ok(_) => known_scores.next().unwrap_or(f32::NEG_INFINITY),
-                    Err(_) => f32::NEG_INFINITY,
-                })
-                .collect();
-            let mut order: Vec<usize> = (0..items.len()).collect();
+            // was not trained with) rank last, by id.
+            let (known, unknown): (Vec<u32>, Vec<u32>) =
+                items.iter().partition(|&&i| known_to_mf[i as usize]);
+            let scores = model.score_embedding(model.embedding(e.user)?, &known)?;
+            let mut order: Vec<usize> = (0..known.len()).collect();
             order.sort_by(|&a, &b| {
                 scores[b]
                     .total_cmp(&scores[a])
-                    .then(items[a].cmp(&items[b]))
+                    .then(known[a].cmp(&known[b]))
             });
-            order.truncate(if e.candidates.is_some() {
+            let mut ranked: Vec<u32> = order.into_iter().map(|k| known[k]).collect();
+            ranked.extend(unknown);
+            ranked[known.len()..].sort_unstable();
+            ranked.truncate(if e.candidates.is_some() {
                 items.len()
             } else {
                 20
             });
-            out.push(order.into_iter().map(|k| items[k]).collect());
+            out.push(ranked);
         }
     }
     Ok((pop, mf_lists))

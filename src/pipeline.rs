@@ -75,9 +75,10 @@ impl ColdStart {
 }
 
 /// `mf` covering every user of `dataset`: users it was not trained with are folded in from
-/// their training history (or refused, by `policy`). Returns the model and the users folded in.
+/// their training history (or refused, by `policy`). Returns the model (`mf` itself when it
+/// knew everyone) and the users folded in.
 pub fn cover_users(
-    mf: &MfModel,
+    mf: MfModel,
     dataset: &Dataset,
     policy: ColdStart,
 ) -> Result<(MfModel, Vec<u32>), PeapodError> {
@@ -86,7 +87,7 @@ pub fn cover_users(
         .filter(|&u| mf.user_row(u).is_err())
         .collect();
     if unknown.is_empty() {
-        return Ok((mf.clone(), unknown));
+        return Ok((mf, unknown));
     }
     if policy == ColdStart::Error {
         return Err(PeapodError::Config(format!(
@@ -527,11 +528,11 @@ mod tests {
         };
         let mf = MfModel::train(&Interactions::training_split(&known, 2)?, &config)?;
 
-        let err = cover_users(&mf, &dataset, ColdStart::Error)
+        let err = cover_users(mf.clone(), &dataset, ColdStart::Error)
             .unwrap_err()
             .to_string();
         assert!(err.contains("4 users of t are unknown"), "{err}");
-        let (covered, folded) = cover_users(&mf, &dataset, ColdStart::FoldIn)?;
+        let (covered, folded) = cover_users(mf.clone(), &dataset, ColdStart::FoldIn)?;
         assert_eq!(folded, vec![9, 10, 11, 12]);
         // A known user keeps its learned row; a folded-in one gets the fold-in of its history.
         assert_eq!(covered.embedding(3)?, mf.embedding(3)?);

@@ -56,41 +56,14 @@ impl RunManifest {
         model: ModelConfig,
         mf: MfConfig,
     ) -> Result<Self, PeapodError> {
-        let mut files: Vec<(String, PathBuf)> = [
-            format!("{dataset}/{SEQUENTIAL_FILE}"),
-            format!("{dataset}/{DATAMAPS_FILE}"),
-            format!("{dataset}/{NEGATIVES_FILE}"),
-            "templates.json".to_string(),
-            "tokenizer/t5-tokenizer.json".to_string(),
-        ]
-        .into_iter()
-        .map(|name| {
-            let path = data_root.join(&name);
-            (name, path)
-        })
-        // The negatives file is optional: without it they are drawn (deterministically).
-        .filter(|(name, path)| !name.ends_with(NEGATIVES_FILE) || path.exists())
-        .collect();
-        if let Some(path) = explanations {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            files.push((format!("explanations/{name}"), path.to_path_buf()));
-        }
-        let mut data = BTreeMap::new();
-        for (name, path) in files {
-            data.insert(name, file_sha256(&path)?);
-        }
         Ok(Self {
             dataset: dataset.to_string(),
             indexing: indexing.describe(),
             model,
             mf,
-            data,
+            data: data_fingerprint(dataset, data_root, explanations)?,
         })
     }
-
     /// What differs between `self` (the directory's) and `other` (a new run's), in words.
     pub fn differences(&self, other: &RunManifest) -> Vec<String> {
         let mut out = Vec::new();
@@ -123,22 +96,58 @@ impl RunManifest {
             ));
         }
         if self.dataset == other.dataset && self.data != other.data {
-            let changed: Vec<&str> = self
-                .data
-                .iter()
-                .filter(|(name, hash)| other.data.get(*name) != Some(hash))
-                .chain(
-                    other
-                        .data
-                        .iter()
-                        .filter(|(name, _)| !self.data.contains_key(*name)),
-                )
-                .map(|(name, _)| name.as_str())
-                .collect();
+            let changed = changed_files(&self.data, &other.data);
             out.push(format!("data files changed since: {}", changed.join(", ")));
         }
         out
     }
+}
+
+/// SHA-256 (hex) of every data file a run on `dataset` reads, by its path under `data_root`
+/// (the explanation file, when given, as `explanations/<name>`). The negatives file is
+/// optional: without it the negatives are drawn, deterministically.
+pub fn data_fingerprint(
+    dataset: &str,
+    data_root: &Path,
+    explanations: Option<&Path>,
+) -> Result<BTreeMap<String, String>, PeapodError> {
+    let mut files: Vec<(String, PathBuf)> = [
+        format!("{dataset}/{SEQUENTIAL_FILE}"),
+        format!("{dataset}/{DATAMAPS_FILE}"),
+        format!("{dataset}/{NEGATIVES_FILE}"),
+        "templates.json".to_string(),
+        "tokenizer/t5-tokenizer.json".to_string(),
+    ]
+    .into_iter()
+    .map(|name| {
+        let path = data_root.join(&name);
+        (name, path)
+    })
+    .filter(|(name, path)| !name.ends_with(NEGATIVES_FILE) || path.exists())
+    .collect();
+    if let Some(path) = explanations {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((format!("explanations/{name}"), path.to_path_buf()));
+    }
+    files
+        .into_iter()
+        .map(|(name, path)| Ok((name, file_sha256(&path)?)))
+        .collect()
+}
+
+/// The files whose hash differs between two fingerprints, or that only one has.
+fn changed_files<'a>(
+    a: &'a BTreeMap<String, String>,
+    b: &'a BTreeMap<String, String>,
+) -> Vec<&'a str> {
+    a.keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(String::as_str)
+        .collect()
 }
 
 /// SHA-256 of a file, hex.
@@ -606,30 +615,18 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
         }
     }
     // The data must be what the run was trained on.
+    // (The explanation file may differ: evaluation can score explanations the run did not
+    // train on.)
     if let Some(manifest) = dir.manifest()? {
-        let now = RunManifest::describe(
-            &manifest.dataset,
-            &run.data_root,
-            run.explanations.as_deref(),
-            header.indexing,
-            manifest.model.clone(),
-            manifest.mf.clone(),
-        )?;
-        let trained_on: BTreeMap<&String, &String> = manifest
-            .data
-            .iter()
-            .filter(|(name, _)| !name.starts_with("explanations/"))
-            .collect();
-        let current: BTreeMap<&String, &String> = now
-            .data
-            .iter()
-            .filter(|(name, _)| !name.starts_with("explanations/"))
-            .collect();
-        if trained_on != current {
+        let mut trained_on = manifest.data;
+        trained_on.retain(|name, _| !name.starts_with("explanations/"));
+        let now = data_fingerprint(&manifest.dataset, &run.data_root, None)?;
+        let changed = changed_files(&trained_on, &now);
+        if !changed.is_empty() {
             return Err(PeapodError::Config(format!(
-                "{} was trained on other data: {}",
+                "{} was trained on other data: data files changed since: {}",
                 dir.path().display(),
-                manifest.differences(&now).join("; ")
+                changed.join(", ")
             )));
         }
     }
@@ -637,7 +634,7 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
         .with_indexing(header.indexing)?;
     let (mf, folded) = match dir.mf_cache() {
         p if p.exists() => {
-            let (mf, folded) = cover_users(&MfModel::load(&p)?, &data.dataset, run.cold_start)?;
+            let (mf, folded) = cover_users(MfModel::load(&p)?, &data.dataset, run.cold_start)?;
             (Some(mf), folded.len())
         }
         _ => (None, 0),

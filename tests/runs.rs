@@ -56,6 +56,27 @@ fn tiny_run(dataset: &str, data_root: &Path, dir: &Path) -> TrainRun {
     }
 }
 
+/// An evaluation of the run in `dir` on 2 validation users' sequential task, 2 beams.
+fn tiny_eval(dir: &Path, data_root: &Path, report: Option<PathBuf>) -> EvalRun {
+    EvalRun {
+        checkpoint: dir.to_path_buf(),
+        data_root: data_root.to_path_buf(),
+        explanations: None,
+        indexing: None,
+        split: Split::Validation,
+        tasks: vec![Task::Sequential],
+        users: 2,
+        decoding: EvalConfig {
+            num_beams: 2,
+            num_return_sequences: 2,
+            ..EvalConfig::default()
+        },
+        cold_start: Default::default(),
+        report,
+        show: false,
+    }
+}
+
 /// Every file of a directory with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -186,23 +207,7 @@ fn a_run_directory_refuses_other_runs_before_writing_and_evaluations_of_changed_
         data_root().join("templates.json"),
         copy.join("templates.json"),
     )?;
-    let eval = |root: &Path| EvalRun {
-        checkpoint: dir.clone(),
-        data_root: root.to_path_buf(),
-        explanations: None,
-        indexing: None,
-        split: Split::Validation,
-        tasks: vec![Task::Sequential],
-        users: 2,
-        decoding: EvalConfig {
-            num_beams: 2,
-            num_return_sequences: 2,
-            ..EvalConfig::default()
-        },
-        cold_start: Default::default(),
-        report: Some(tmp.path().join("report.json")),
-        show: false,
-    };
+    let eval = |root: &Path| tiny_eval(&dir, root, Some(tmp.path().join("report.json")));
     evaluation_run(&eval(&copy), &device)?;
     // A checkpoint trained under one indexing refuses to evaluate under another.
     let err = evaluation_run(
@@ -288,21 +293,10 @@ fn a_random_indexing_run_trains_resumes_and_evaluates_under_its_own_permutation(
     // Resuming under the same permutation is the same run.
     train_run(&run, &device, |_| {})?;
     let eval = EvalRun {
-        checkpoint: dir.clone(),
-        data_root: data_root(),
-        explanations: None,
         indexing: Some("random".into()),
-        split: Split::Validation,
         tasks: vec![Task::Sequential, Task::TopN],
         users: 4,
-        decoding: EvalConfig {
-            num_beams: 2,
-            num_return_sequences: 2,
-            ..EvalConfig::default()
-        },
-        cold_start: Default::default(),
-        report: Some(tmp.path().join("report.json")),
-        show: false,
+        ..tiny_eval(&dir, &data_root(), Some(tmp.path().join("report.json")))
     };
     let (report, _) = evaluation_run(&eval, &device)?;
     assert_eq!(report.indexing, "random (seed 7)");
@@ -345,20 +339,12 @@ fn settings_out_of_their_domain_are_refused_before_any_work() {
         assert!(!dir.exists(), "{what}: the run directory was created");
     }
     let mut eval = EvalRun {
-        checkpoint: dir.clone(),
-        data_root: data_root(),
-        explanations: None,
-        indexing: None,
         split: Split::Test,
-        tasks: vec![Task::Sequential],
-        users: 2,
         decoding: EvalConfig {
             num_beams: 0,
             ..EvalConfig::default()
         },
-        cold_start: Default::default(),
-        report: None,
-        show: false,
+        ..tiny_eval(&dir, &data_root(), None)
     };
     let err = evaluation_run(&eval, &device).err().map(|e| e.to_string());
     assert!(err.unwrap_or_default().contains("num_beams (--beams)"));
