@@ -80,6 +80,20 @@ fn run() -> anyhow::Result<()> {
     let device = peapod::run::default_device();
     let data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
     let (mf, queries) = common::paper_mf(&data, cli.seed, &cli.out, &device)?;
+    let sasrec = peapod::run::sasrec_for_run(
+        &data,
+        Some(&peapod::run::SasRecTraining {
+            seed: cli.seed,
+            ..Default::default()
+        }),
+        &peapod::run::RunDir::new(&cli.out),
+        &device,
+        true,
+    )?;
+    let trained = peapod::pipeline::TrainedBaselines {
+        mf: Some(&mf),
+        sasrec: sasrec.as_ref().map(|s| &s.model),
+    };
     let users = fixed_user_sample(&data.dataset, cli.users);
     let mut rows: Vec<(String, BTreeMap<String, f64>)> = Vec::new();
     let mut baselines = None;
@@ -111,7 +125,7 @@ fn run() -> anyhow::Result<()> {
                 ..EvalConfig::default()
             },
         };
-        let report = evaluate(&model, &data, Some(&mf), &request, "compare_variants", true)?;
+        let report = evaluate(&model, &data, trained, &request, "compare_variants", true)?;
         for (task, r) in &report.tasks {
             for (mode, m) in &r.modes {
                 let mut m = m.clone();
@@ -127,6 +141,12 @@ fn run() -> anyhow::Result<()> {
         }
         for (task, m) in b.mf {
             rows.push((format!("{task:<11} {:<14} -", "MF (BPR)"), m));
+        }
+        for (task, m) in b.id_order {
+            rows.push((format!("{task:<11} {:<14} -", "ID order"), m));
+        }
+        for (task, m) in b.sasrec {
+            rows.push((format!("{task:<11} {:<14} -", "SASRec"), m));
         }
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));

@@ -17,6 +17,8 @@ pub enum PeapodError {
     #[error(transparent)]
     Metrics(#[from] peapod_metrics::MetricsError),
     #[error(transparent)]
+    SasRec(#[from] peapod_sasrec::SasRecError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{}: {source}", path.display())]
     Io {

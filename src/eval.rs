@@ -1,6 +1,6 @@
 //! Evaluation (SPEC §7): beam-search decoding into ranked item lists, the protocol's metrics,
-//! constrained and exact-scoring modes reported beside them, and the popularity and MF
-//! baselines on the same users and candidates.
+//! constrained and exact-scoring modes reported beside them, and the popularity, ID-order, MF
+//! and SASRec baselines on the same users and candidates.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -107,6 +107,9 @@ pub struct BaselineReport {
     #[serde(default)]
     pub id_order: BTreeMap<String, BTreeMap<String, f64>>,
     pub mf: BTreeMap<String, BTreeMap<String, f64>>,
+    /// SASRec (`peapod_sasrec`), trained on the training split (`crate::sasrec`).
+    #[serde(default)]
+    pub sasrec: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// A ranked list per input: generated item ids in score order ([`NOT_AN_ITEM`] for a sequence that is not an

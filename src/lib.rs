@@ -10,8 +10,9 @@ pub mod model;
 pub mod optim;
 pub mod paper;
 pub mod pipeline;
-mod progress;
+pub mod progress;
 pub mod run;
+pub mod sasrec;
 pub mod train;
 
 pub use error::PeapodError;

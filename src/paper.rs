@@ -63,3 +63,8 @@ pub fn paper_metrics(row: &PaperRow, task: &str) -> Vec<(&'static str, f64)> {
         _ => Vec::new(),
     }
 }
+
+/// The paper's SASRec row (its non-LLM sequential baselines, beauty only): HR@5 and HR@10.
+pub fn paper_sasrec(dataset: &str) -> Option<Vec<(&'static str, f64)>> {
+    (dataset == "beauty").then(|| vec![("hr@5", 0.0387), ("hr@10", 0.0605)])
+}

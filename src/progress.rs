@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 pub const LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A bar of `len` steps drawn with `template`, hidden unless `show`.
-pub(crate) fn bar(len: u64, template: &str, show: bool) -> ProgressBar {
+pub fn bar(len: u64, template: &str, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

@@ -17,16 +17,21 @@ use crate::eval::EvalConfig;
 use crate::model::{ModelConfig, PeaPod, Variant};
 use crate::pipeline::{
     cover_users, evaluate, fixed_user_sample, load_model, train_or_load_mf, user_queries,
-    ColdStart, EvalRequest, Report,
+    ColdStart, EvalRequest, Report, TrainedBaselines,
 };
+use crate::sasrec::{train_or_load_sasrec, SasRecBaseline};
 use crate::train::{
     export_weights, train, CheckpointHeader, TrainConfig, TrainOutcome, TrainingData,
     BEST_CHECKPOINT, LAST_CHECKPOINT,
 };
 use crate::PeapodError;
+use peapod_sasrec::Progress as SasRecProgress;
+pub use peapod_sasrec::TrainConfig as SasRecTraining;
 
 /// The MF model a run's user queries come from, cached in the run directory.
 pub const MF_CACHE: &str = "mf.safetensors";
+/// The SASRec baseline of a run's reports, cached in the run directory.
+pub const SASREC_CACHE: &str = "sasrec.safetensors";
 /// What made a run directory ([`RunManifest`]).
 pub const RUN_MANIFEST: &str = "run.json";
 
@@ -185,6 +190,10 @@ impl RunDir {
 
     pub fn mf_cache(&self) -> PathBuf {
         self.path.join(MF_CACHE)
+    }
+
+    pub fn sasrec_cache(&self) -> PathBuf {
+        self.path.join(SASREC_CACHE)
     }
 
     /// Where the report of an evaluation on `split` goes: `report.json` for the test split
@@ -445,6 +454,9 @@ pub struct TrainRun {
     pub eval_users: Option<usize>,
     /// With the evaluation: constrained decoding and exact top-n scoring too.
     pub constrained: bool,
+    /// The SASRec baseline of the evaluation (trained once, cached in the run directory);
+    /// `None` leaves it out.
+    pub sasrec: Option<SasRecTraining>,
     /// Progress bars on stderr.
     pub show: bool,
 }
@@ -550,7 +562,13 @@ pub fn train_run(
                     ..EvalConfig::default()
                 },
             };
-            let mut report = evaluate(&model, &data, Some(&mf), &request, &provenance, run.show)?;
+            let sasrec =
+                sasrec_for_run(&data, run.sasrec.as_ref(), &run.run_dir, device, run.show)?;
+            let trained = TrainedBaselines {
+                mf: Some(&mf),
+                sasrec: sasrec.as_ref().map(|s| &s.model),
+            };
+            let mut report = evaluate(&model, &data, trained, &request, &provenance, run.show)?;
             report.checkpoint_step = Some(header.optimizer_step);
             let path = run.run_dir.report(None);
             report.write_json(&path)?;
@@ -589,7 +607,54 @@ pub struct EvalRun {
     pub cold_start: ColdStart,
     /// Where the report goes (default: `report-<split>.json` in the run directory).
     pub report: Option<PathBuf>,
+    /// The SASRec baseline (trained once, cached in the run directory); `None` leaves it out.
+    pub sasrec: Option<SasRecTraining>,
     pub show: bool,
+}
+
+/// The run directory's SASRec baseline for `data`: read from its cache when trained on the
+/// same data, indexing and settings, else trained now (a progress bar when `show`) and cached.
+pub fn sasrec_for_run(
+    data: &TrainingData,
+    training: Option<&SasRecTraining>,
+    run: &RunDir,
+    device: &Device,
+    show: bool,
+) -> Result<Option<SasRecBaseline>, PeapodError> {
+    let Some(training) = training else {
+        return Ok(None);
+    };
+    let bar = crate::progress::bar(
+        0,
+        "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+        show,
+    );
+    let baseline =
+        train_or_load_sasrec(
+            data,
+            training,
+            Some(&run.sasrec_cache()),
+            device,
+            |p| match p {
+                SasRecProgress::Step {
+                    epoch,
+                    step,
+                    steps_per_epoch,
+                    loss,
+                } => {
+                    bar.set_length(*steps_per_epoch as u64);
+                    bar.set_position(*step as u64);
+                    bar.set_prefix(format!("SASRec {epoch}"));
+                    bar.set_message(format!("loss {loss:.4}"));
+                }
+                SasRecProgress::Epoch(e) => bar.set_message(format!(
+                    "validation nDCG@10 {:.4}",
+                    e.validation_ndcg10.unwrap_or(f64::NAN)
+                )),
+            },
+        )?;
+    bar.finish_and_clear();
+    Ok(Some(baseline))
 }
 
 /// Evaluates a trained run on the dataset its checkpoint names, with its cached MF model (and
@@ -651,7 +716,12 @@ pub fn evaluation_run(run: &EvalRun, device: &Device) -> Result<(Report, PathBuf
         decoding: run.decoding.clone(),
     };
     let provenance = format!("checkpoint {}", path.display());
-    let mut report = evaluate(&model, &data, mf.as_ref(), &request, &provenance, run.show)?;
+    let sasrec = sasrec_for_run(&data, run.sasrec.as_ref(), &dir, device, run.show)?;
+    let trained = TrainedBaselines {
+        mf: mf.as_ref(),
+        sasrec: sasrec.as_ref().map(|s| &s.model),
+    };
+    let mut report = evaluate(&model, &data, trained, &request, &provenance, run.show)?;
     report.cold_start_users = folded;
     report.checkpoint_step = Some(header.optimizer_step);
     let out = run

@@ -76,7 +76,7 @@ fn eval(model: &PeaPod, data: &TrainingData) -> Result<Report, PeapodError> {
             ..EvalConfig::default()
         },
     };
-    evaluate(model, data, None, &request, "test", false)
+    evaluate(model, data, Default::default(), &request, "test", false)
 }
 
 fn tmp(name: &str) -> PathBuf {

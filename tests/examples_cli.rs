@@ -14,8 +14,9 @@ fn examples_dir() -> PathBuf {
         .expect("target/<profile>/examples")
 }
 
-const ROOT_EXAMPLES: [&str; 10] = [
+const ROOT_EXAMPLES: [&str; 11] = [
     "quickstart",
+    "sasrec_baseline",
     "train_beauty",
     "train_sports",
     "train_toys",
@@ -83,7 +84,7 @@ fn every_example_answers_help() {
 #[test]
 fn errors_are_one_displayed_line_and_exit_status_1() {
     let dir = examples_dir();
-    let cases: [(&str, &[&str], &str); 4] = [
+    let cases: [(&str, &[&str], &str); 6] = [
         (
             "evaluate",
             &["--checkpoint", "/nonexistent/run"],
@@ -103,6 +104,16 @@ fn errors_are_one_displayed_line_and_exit_status_1() {
             "train_beauty",
             &["--lr=-1", "--out", "/nonexistent/never"],
             "learning rate",
+        ),
+        (
+            "sasrec_baseline",
+            &["--loss", "hinge"],
+            "unknown loss `hinge`",
+        ),
+        (
+            "sasrec_baseline",
+            &["--batch-size", "0"],
+            "batch_size must be at least 1",
         ),
     ];
     for (name, args, want) in cases {

@@ -52,6 +52,7 @@ fn tiny_run(dataset: &str, data_root: &Path, dir: &Path) -> TrainRun {
         export_f16: None,
         eval_users: None,
         constrained: false,
+        sasrec: None,
         show: false,
     }
 }
@@ -73,6 +74,7 @@ fn tiny_eval(dir: &Path, data_root: &Path, report: Option<PathBuf>) -> EvalRun {
         },
         cold_start: Default::default(),
         report,
+        sasrec: None,
         show: false,
     }
 }

@@ -11,7 +11,7 @@ use peapod::model::Variant;
 use peapod::optim::AdamWConfig;
 use peapod::pipeline::ColdStart;
 use peapod::run::{
-    default_device, evaluation_run, t5_config, train_run, EvalRun, RunDir, TrainRun,
+    default_device, evaluation_run, t5_config, train_run, EvalRun, RunDir, SasRecTraining, TrainRun,
 };
 use peapod::train::TrainConfig;
 use peapod::PeapodError;
@@ -127,6 +127,10 @@ pub struct TrainArgs {
     /// form the repository ships (`data/checkpoints/`).
     #[arg(long)]
     pub export_f16: Option<PathBuf>,
+    /// Leave the SASRec baseline out of the evaluation (it trains once per run directory, a
+    /// few CPU minutes, then is cached there).
+    #[arg(long)]
+    pub no_sasrec: bool,
 }
 
 #[derive(clap::Parser)]
@@ -186,6 +190,10 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
         export_f16: args.export_f16.clone(),
         eval_users: args.eval_users,
         constrained: args.constrained,
+        sasrec: (!args.no_sasrec).then(|| SasRecTraining {
+            seed: args.seed,
+            ..SasRecTraining::default()
+        }),
         show: true,
     };
     eprintln!(
@@ -290,6 +298,13 @@ pub struct EvaluateArgs {
     /// Write the JSON report here (default: beside the checkpoint).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Leave the SASRec baseline out (it trains once per run directory, a few CPU minutes,
+    /// then is cached there).
+    #[arg(long)]
+    pub no_sasrec: bool,
+    /// Seed of the SASRec baseline.
+    #[arg(long, default_value_t = 2022)]
+    pub sasrec_seed: u64,
 }
 
 /// `evaluate`: the library's evaluation run, with its table printed.
@@ -318,6 +333,10 @@ pub fn run_evaluation(args: &EvaluateArgs) -> Result<(), PeapodError> {
         },
         cold_start: ColdStart::parse(&args.cold_start)?,
         report: args.report.clone(),
+        sasrec: (!args.no_sasrec).then(|| SasRecTraining {
+            seed: args.sasrec_seed,
+            ..SasRecTraining::default()
+        }),
         show: true,
     };
     let (report, path) = evaluation_run(&run, &device)?;
