@@ -3,7 +3,9 @@
 # failure does not cost the others. Run from the repository root on a CUDA host that has the
 # binaries built by scripts/build_cuda.sh, stripped and xz-compressed into .gpu/ (see docs/gpu.md):
 #   check_device.xz bench_t5.xz bench_decode.xz train_beauty.xz
-# Output goes to stdout and, when OUT is set, to $OUT/gpu.log.
+# Output goes to stdout and, when OUT is set, to $OUT/gpu.log; the figures, ours and PyTorch's from
+# this same run, also to $OUT/gpu-check.json (scripts/gpu_figures.py), to be committed as
+# docs/gpu-check.json.
 set -uo pipefail
 LOG=${OUT:-/tmp}/gpu.log
 TRAIN_MINUTES=${TRAIN_MINUTES:-3}
@@ -34,3 +36,7 @@ fi
 [ "$TRAIN" = 1 ] && run $((TRAIN_MINUTES * 60 + 40 + EVAL_USERS / 12)) train_beauty --data-root data --out /tmp/beauty-gpu \
   --config t5-small --batch-size 64 --lr 1e-3 --seed 2022 --valid-users 1000 \
   --max-minutes "$TRAIN_MINUTES" --eval-users "$EVAL_USERS" --constrained
+# Ours and PyTorch's figures of this run, paired, as one JSON file (and a Markdown table).
+python3 scripts/gpu_figures.py "$LOG" "${OUT:-/tmp}/gpu-check.json" \
+  --command "TRAIN_MINUTES=$TRAIN_MINUTES EVAL_USERS=$EVAL_USERS DECODE=$DECODE TRAIN=$TRAIN PYTORCH=$PYTORCH bash scripts/gpu_check.sh" \
+  | tee -a "$LOG"
