@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use peapod::eval::ranking_metrics;
-use peapod::sasrec::{sasrec_lists, train_or_load_sasrec};
+use peapod::sasrec::{sasrec_lists, train_or_load_sasrec_shown};
 use peapod::train::TrainingData;
 use peapod_datasets::{evaluation_examples, ItemIndexing, Split, Task};
-use peapod_sasrec::{Loss, Progress, TrainConfig};
+use peapod_sasrec::{Loss, TrainConfig};
 
 #[derive(Parser)]
 #[command(about = "Train and evaluate the SASRec baseline on a P5 dataset")]
@@ -86,41 +86,23 @@ fn run() -> anyhow::Result<()> {
         training.loss.name(),
         data.indexing.describe()
     );
-    let bar = peapod::progress::bar(
-        0,
-        "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
-        true,
-    );
-    let baseline = train_or_load_sasrec(
+    let baseline = train_or_load_sasrec_shown(
         &data,
         &training,
         cli.cache.as_deref(),
         &candle_core::Device::Cpu,
-        |p| match p {
-            Progress::Step {
-                epoch,
-                step,
-                steps_per_epoch,
-                loss,
-            } => {
-                bar.set_length(*steps_per_epoch as u64);
-                bar.set_position(*step as u64);
-                bar.set_prefix(format!("epoch {epoch}"));
-                bar.set_message(format!("loss {loss:.4}"));
-            }
-            Progress::Epoch(e) => bar.suspend(|| {
-                eprintln!(
-                    "epoch {:>3}: loss {:.4}, validation HR@10 {:.4} nDCG@10 {:.4} ({:.0} s)",
-                    e.epoch,
-                    e.mean_loss,
-                    e.validation_hr10.unwrap_or(f64::NAN),
-                    e.validation_ndcg10.unwrap_or(f64::NAN),
-                    e.seconds
-                )
-            }),
+        true,
+        |e| {
+            eprintln!(
+                "epoch {:>3}: loss {:.4}, validation HR@10 {:.4} nDCG@10 {:.4} ({:.0} s)",
+                e.epoch,
+                e.mean_loss,
+                e.validation_hr10.unwrap_or(f64::NAN),
+                e.validation_ndcg10.unwrap_or(f64::NAN),
+                e.seconds
+            )
         },
     )?;
-    bar.finish_and_clear();
     let start = Instant::now();
     let mut metrics = serde_json::Map::new();
     for task in [Task::Sequential, Task::TopN] {

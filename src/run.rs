@@ -19,13 +19,12 @@ use crate::pipeline::{
     cover_users, evaluate, fixed_user_sample, load_model, train_or_load_mf, user_queries,
     ColdStart, EvalRequest, Report, TrainedBaselines,
 };
-use crate::sasrec::{train_or_load_sasrec, SasRecBaseline};
+use crate::sasrec::{train_or_load_sasrec_shown, SasRecBaseline};
 use crate::train::{
     export_weights, train, CheckpointHeader, TrainConfig, TrainOutcome, TrainingData,
     BEST_CHECKPOINT, LAST_CHECKPOINT,
 };
 use crate::PeapodError;
-use peapod_sasrec::Progress as SasRecProgress;
 pub use peapod_sasrec::TrainConfig as SasRecTraining;
 
 /// The MF model a run's user queries come from, cached in the run directory.
@@ -624,36 +623,14 @@ pub fn sasrec_for_run(
     let Some(training) = training else {
         return Ok(None);
     };
-    let bar = crate::progress::bar(
-        0,
-        "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+    let baseline = train_or_load_sasrec_shown(
+        data,
+        training,
+        Some(&run.sasrec_cache()),
+        device,
         show,
-    );
-    let baseline =
-        train_or_load_sasrec(
-            data,
-            training,
-            Some(&run.sasrec_cache()),
-            device,
-            |p| match p {
-                SasRecProgress::Step {
-                    epoch,
-                    step,
-                    steps_per_epoch,
-                    loss,
-                } => {
-                    bar.set_length(*steps_per_epoch as u64);
-                    bar.set_position(*step as u64);
-                    bar.set_prefix(format!("SASRec {epoch}"));
-                    bar.set_message(format!("loss {loss:.4}"));
-                }
-                SasRecProgress::Epoch(e) => bar.set_message(format!(
-                    "validation nDCG@10 {:.4}",
-                    e.validation_ndcg10.unwrap_or(f64::NAN)
-                )),
-            },
-        )?;
-    bar.finish_and_clear();
+        |_| {},
+    )?;
     Ok(Some(baseline))
 }
 

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
-use peapod_datasets::{Dataset, Example, ItemIndexing, Split};
-use peapod_sasrec::{fit, Progress, SasRec, SasRecConfig, TrainConfig, TrainingLog, TrainingSet};
+use peapod_datasets::{history_before, Dataset, Example, ItemIndexing, Split};
+use peapod_sasrec::{
+    fit, EpochLog, Progress, SasRec, SasRecConfig, TrainConfig, TrainingLog, TrainingSet,
+};
 
 use crate::eval::RankedLists;
 use crate::train::TrainingData;
@@ -121,8 +123,42 @@ pub fn train_or_load_sasrec(
     })
 }
 
-/// SASRec's ranked list for each example: the top 20 of all items after the history the
-/// generative model sees (sequential), or the example's candidates in score order (top-n).
+/// [`train_or_load_sasrec`] with a progress bar (when `show`) of the epoch's steps and loss;
+/// `on_epoch` sees every finished epoch (printing from it does not garble the bar).
+pub fn train_or_load_sasrec_shown(
+    data: &TrainingData,
+    training: &TrainConfig,
+    cache: Option<&Path>,
+    device: &Device,
+    show: bool,
+    mut on_epoch: impl FnMut(&EpochLog),
+) -> Result<SasRecBaseline, PeapodError> {
+    let bar = crate::progress::bar(
+        0,
+        "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+        show,
+    );
+    let baseline = train_or_load_sasrec(data, training, cache, device, |p| match p {
+        Progress::Step {
+            epoch,
+            step,
+            steps_per_epoch,
+            loss,
+        } => {
+            bar.set_length(*steps_per_epoch as u64);
+            bar.set_position(*step as u64);
+            bar.set_prefix(format!("SASRec {epoch}"));
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+        Progress::Epoch(e) => bar.suspend(|| on_epoch(e)),
+    })?;
+    bar.finish_and_clear();
+    Ok(baseline)
+}
+
+/// SASRec's ranked list for each example: the top 20 of all items after the user's history
+/// before the split's target (SASRec reads its own last `max_len` items of it, not the
+/// generative model's 20), or the example's candidates in score order (top-n).
 pub fn sasrec_lists(
     model: &SasRec,
     dataset: &Dataset,
@@ -132,7 +168,7 @@ pub fn sasrec_lists(
     const BATCH: usize = 256;
     let histories = examples
         .iter()
-        .map(|e| history_before(dataset, e.user, split))
+        .map(|e| history_before(dataset, e.user, split, model.config().max_len))
         .collect::<Result<Vec<_>, _>>()?;
     let mut lists = Vec::with_capacity(examples.len());
     for (es, hs) in examples.chunks(BATCH).zip(histories.chunks(BATCH)) {
@@ -146,26 +182,4 @@ pub fn sasrec_lists(
         }
     }
     Ok(lists)
-}
-
-/// Everything `user` did before the target of `split` (SASRec reads its own last 50 of it, not
-/// the generative model's last 20).
-fn history_before(dataset: &Dataset, user: u32, split: Split) -> Result<&[u32], PeapodError> {
-    let cut = match split {
-        Split::Validation => 2,
-        Split::Test => 1,
-        Split::Train => {
-            return Err(PeapodError::Config(
-                "SASRec ranks validation or test targets, not training ones".into(),
-            ))
-        }
-    };
-    if !dataset.contains_user(user) {
-        return Err(PeapodError::Config(format!(
-            "user {user} is not in dataset {}",
-            dataset.name()
-        )));
-    }
-    let seq = dataset.sequence(user);
-    Ok(&seq[..seq.len().saturating_sub(cut)])
 }

@@ -11,12 +11,25 @@ pub const ID_ORDER_LEAD: usize = 10;
 /// The history a sequential example of `split` shows the model for `user`: its last
 /// [`MAX_HISTORY`] items before the split's target.
 pub fn visible_history(dataset: &Dataset, user: u32, split: Split) -> Result<&[u32], DatasetError> {
+    history_before(dataset, user, split, MAX_HISTORY)
+}
+
+/// The last `max_items` items of `user` before the target of `split` (the validation or the
+/// test item), oldest first.
+pub fn history_before(
+    dataset: &Dataset,
+    user: u32,
+    split: Split,
+    max_items: usize,
+) -> Result<&[u32], DatasetError> {
     let cut = match split {
         Split::Validation => 2,
         Split::Test => 1,
         Split::Train => {
             return Err(DatasetError::InvalidRequest(
-                "the ID-order rule ranks validation or test targets, not training ones".into(),
+                "a history before the target exists for validation or test targets, not \
+                 training ones"
+                    .into(),
             ))
         }
     };
@@ -28,7 +41,7 @@ pub fn visible_history(dataset: &Dataset, user: u32, split: Split) -> Result<&[u
     }
     let seq = dataset.sequence(user);
     let end = seq.len() - cut;
-    Ok(&seq[end.saturating_sub(MAX_HISTORY)..end])
+    Ok(&seq[end.saturating_sub(max_items)..end])
 }
 
 /// The sequential ID-order ranking: with m the largest id of `history`, the ids m+1, m+2, …,

@@ -27,7 +27,9 @@ mod tasks;
 mod templates;
 mod tokenizer;
 
-pub use baselines::{id_order_candidates, id_order_ranking, visible_history, ID_ORDER_LEAD};
+pub use baselines::{
+    history_before, id_order_candidates, id_order_ranking, visible_history, ID_ORDER_LEAD,
+};
 pub use batch::{Batch, TaskAlternatingBatcher};
 pub use dataset::{
     load_or_generate_negatives, p5_negatives, Dataset, DATAMAPS_FILE, MIN_ITEMS_PER_USER,
