@@ -37,7 +37,7 @@ struct Cli {
     #[arg(long, default_value_t = 200)]
     epochs: usize,
     /// Stop after this many epochs without a better validation nDCG@10 (0: train every epoch)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     patience: usize,
     /// Users per optimizer step
     #[arg(long, default_value_t = 128)]

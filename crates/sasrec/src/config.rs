@@ -104,7 +104,7 @@ impl Loss {
 }
 
 /// How the model is trained. Defaults: the original's Adam (lr 1e-3, β = (0.9, 0.98)) and batch
-/// of 128 users, cross-entropy, at most 200 epochs, stopping after 3 epochs without a better
+/// of 128 users, cross-entropy, at most 200 epochs, stopping after 5 epochs without a better
 /// validation nDCG@10 (when validation targets are given), seed 2022.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -129,7 +129,7 @@ impl Default for TrainConfig {
             betas: (0.9, 0.98),
             batch_size: 128,
             epochs: 200,
-            patience: Some(3),
+            patience: Some(5),
             seed: 2022,
         }
     }

@@ -15,7 +15,9 @@
 //! the binary loss — the binary-loss SASRec is the weak row (0.0605) that P5-style papers
 //! compare against.
 //!
-//! Two deliberate departures from the reference code, neither of which changes what the
+//! For speed on a CPU, each epoch's batches group users of similar sequence length (so little
+//! of a batch is padding), and every target weighs the same in the loss whatever batch it falls
+//! in. Two deliberate departures from the reference code, neither of which changes what the
 //! model can learn: attention never looks at padding (there, padded slots still had a key), so
 //! a sequence scores the same however its batch is padded; and every random draw can be made
 //! in a caller-given item order ([`TrainingSet::draw_order`]), so that renaming the items

@@ -50,6 +50,7 @@ pub struct TrainingSet<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLog {
     pub epoch: usize,
+    /// The training loss per target, over the epoch.
     pub mean_loss: f64,
     /// Validation HR@10 and nDCG@10 over all items, when validation targets were given.
     pub validation_hr10: Option<f64>,
@@ -120,6 +121,17 @@ pub fn fit(
         ));
     }
     let steps_per_epoch = users.len().div_ceil(train.batch_size);
+    // Batches group users of similar length (`epoch_batches`), so their target counts differ
+    // by tens of times. Dividing each batch's summed loss by the same number, the targets of
+    // an average batch, gives every target the same weight whatever batch it falls in; a
+    // per-batch mean would weigh the targets of short sequences many times more (measured on
+    // beauty: validation HR@10 0.063 instead of 0.072 after 8 epochs).
+    let targets_per_batch = users
+        .iter()
+        .map(|&u| (data.sequences[u].len() - 1).min(config.max_len))
+        .sum::<usize>() as f64
+        / users.len() as f64
+        * train.batch_size as f64;
     let mut order_rng = stream(train.seed, STREAM_ORDER);
     let mut drop = Dropout::new(config.dropout, stream(train.seed, STREAM_DROPOUT));
     let mut negatives = stream(train.seed, STREAM_NEGATIVES);
@@ -139,7 +151,7 @@ pub fn fit(
             train.batch_size,
             &mut order_rng,
         );
-        let mut total = 0.0;
+        let (mut total, mut counted) = (0.0, 0usize);
         for (step, chunk) in order.iter().enumerate() {
             let batch = TrainBatch::new(data.sequences, chunk, config.max_len);
             let states = model.states(&batch.inputs, Some(&mut drop))?;
@@ -152,7 +164,7 @@ pub fn fit(
                     let targets: Vec<u32> = batch.targets.iter().map(|&t| t - 1).collect();
                     let targets = Tensor::from_vec(targets, batch.targets.len(), device)?;
                     let logits = linear(&h, &model.item_table()?)?;
-                    nll_rows(&logits, &targets)?.mean_all()?
+                    (nll_rows(&logits, &targets)?.sum_all()? / targets_per_batch)?
                 }
                 Loss::BinaryCrossEntropy => {
                     let negs = batch.negatives(data.sequences, &draw, &mut negatives);
@@ -163,7 +175,7 @@ pub fn fit(
                     };
                     let pos = score(&batch.targets)?;
                     let neg = score(&negs)?;
-                    (softplus(&pos.neg()?)? + softplus(&neg)?)?.mean_all()?
+                    ((softplus(&pos.neg()?)? + softplus(&neg)?)?.sum_all()? / targets_per_batch)?
                 }
             };
             let value = loss.to_scalar::<f32>()?;
@@ -173,7 +185,8 @@ pub fn fit(
                     step + 1
                 )));
             }
-            total += f64::from(value);
+            total += f64::from(value) * targets_per_batch;
+            counted += batch.targets.len();
             let grads = loss.backward()?;
             adam.step(&vars, &grads)?;
             on_progress(&Progress::Step {
@@ -191,7 +204,7 @@ pub fn fit(
         };
         let entry = EpochLog {
             epoch,
-            mean_loss: total / steps_per_epoch as f64,
+            mean_loss: total / counted.max(1) as f64,
             validation_hr10: hr,
             validation_ndcg10: ndcg,
             seconds: start.elapsed().as_secs_f64(),
