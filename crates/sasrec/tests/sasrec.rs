@@ -251,6 +251,22 @@ fn bad_input_is_refused_with_what_was_wrong() {
     assert!(bad_lr.validate().is_err());
     assert!(matches!(Loss::parse("hinge"), Err(SasRecError::Config(m)) if m.contains("ce or bce")));
 
+    // A diverging run stops with an error instead of returning NaN weights.
+    let exploding = TrainConfig {
+        learning_rate: 1e30,
+        epochs: 5,
+        ..cfg.clone()
+    };
+    let data = TrainingSet {
+        sequences: &good,
+        validation_targets: &[],
+        draw_order: None,
+    };
+    let msg = fit(&small_config(), &exploding, &data, &Device::Cpu, |_| {})
+        .expect_err("diverges")
+        .to_string();
+    assert!(msg.contains("the loss diverged"), "{msg}");
+
     let model = train(&good, None, &cfg).model;
     let msg = model
         .recommend(&[&[1, 99]], 3, 4)
