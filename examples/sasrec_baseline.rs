@@ -90,7 +90,7 @@ fn run() -> anyhow::Result<()> {
         &data,
         &training,
         cli.cache.as_deref(),
-        &candle_core::Device::Cpu,
+        &peapod::run::default_device(),
         true,
         |e| {
             eprintln!(
