@@ -136,3 +136,70 @@ fn the_cache_is_reused_for_the_same_run_and_retrained_for_another() {
         .expect("retrained");
     assert!(!other.from_cache);
 }
+
+/// `evaluate` puts SASRec's metrics on the same examples beside the model, and the Markdown
+/// report shows them with the paper's SASRec row.
+#[test]
+fn reports_carry_the_sasrec_row() {
+    use peapod::eval::EvalConfig;
+    use peapod::model::{ModelConfig, PeaPod, Variant};
+    use peapod::pipeline::{evaluate, EvalRequest, TrainedBaselines};
+
+    let data = beauty_head();
+    let sasrec = train_or_load_sasrec(
+        &data,
+        &TrainConfig {
+            epochs: 1,
+            ..training(Loss::CrossEntropy)
+        },
+        None,
+        &Device::Cpu,
+        |_| {},
+    )
+    .expect("trained");
+    let model = PeaPod::new(
+        ModelConfig::new(Variant::P5, peapod_t5_rec::T5Config::micro(), 8, 7),
+        None,
+        &Device::Cpu,
+    )
+    .expect("model");
+    let users = vec![1, 2, 3, 4];
+    let request = EvalRequest {
+        split: Split::Validation,
+        users: Some(users.clone()),
+        tasks: vec![Task::Sequential, Task::TopN],
+        decoding: EvalConfig {
+            num_beams: 2,
+            num_return_sequences: 2,
+            max_item_length: 4,
+            ..EvalConfig::default()
+        },
+    };
+    let trained = TrainedBaselines {
+        mf: None,
+        sasrec: Some(&sasrec.model),
+    };
+    let report = evaluate(&model, &data, trained, &request, "test", false).expect("evaluated");
+    for task in [Task::Sequential, Task::TopN] {
+        let mut examples = evaluation_examples(
+            task,
+            Split::Validation,
+            &data.dataset,
+            &data.templates,
+            None,
+            model.config().seed,
+        )
+        .expect("examples");
+        examples.retain(|e| users.contains(&e.user));
+        let lists = sasrec_lists(&sasrec.model, &data.dataset, &examples, Split::Validation)
+            .expect("lists");
+        let expected = ranking_metrics(&examples, &lists, task).expect("metrics");
+        assert_eq!(report.baselines.sasrec.get(task.name()), Some(&expected));
+    }
+    let md = report.markdown();
+    assert!(md.contains("| SASRec (cross-entropy) |"), "{md}");
+    assert!(
+        md.contains("| paper: SASRec (its baseline table) | 0.0387 |"),
+        "{md}"
+    );
+}
