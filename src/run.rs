@@ -437,6 +437,9 @@ pub struct TrainRun {
     /// How items are numbered (the paper: sequential, P5's ids).
     pub indexing: ItemIndexing,
     pub variant: Variant,
+    /// Train the user-query table end to end from its MF initialisation (the paper's future
+    /// work; the paper freezes it). Part of the model configuration: a run directory keeps it.
+    pub trainable_queries: bool,
     pub t5: T5Config,
     /// Directory with Hugging Face `model.safetensors` to start T5 from (else random).
     pub pretrained: Option<PathBuf>,
@@ -489,7 +492,10 @@ pub fn train_run(
     let data = TrainingData::load(&run.data_root, &run.dataset, run.explanations.as_deref())?
         .with_indexing(run.indexing)?;
     let mf_settings = mf_config(run.mf_iterations, run.train.seed);
-    let config = ModelConfig::new(run.variant, run.t5.clone(), mf_settings.dim, run.train.seed);
+    let config = ModelConfig {
+        trainable_queries: run.trainable_queries,
+        ..ModelConfig::new(run.variant, run.t5.clone(), mf_settings.dim, run.train.seed)
+    };
     let manifest = RunManifest::describe(
         &run.dataset,
         &run.data_root,

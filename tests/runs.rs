@@ -30,6 +30,7 @@ fn tiny_run(dataset: &str, data_root: &Path, dir: &Path) -> TrainRun {
         explanations: None,
         indexing: ItemIndexing::Sequential,
         variant: Variant::Peapod,
+        trainable_queries: false,
         t5: T5Config::micro(),
         pretrained: None,
         train: TrainConfig {
@@ -356,4 +357,38 @@ fn settings_out_of_their_domain_are_refused_before_any_work() {
     };
     let err = evaluation_run(&eval, &device).err().map(|e| e.to_string());
     assert!(err.unwrap_or_default().contains("batch_size"));
+}
+
+/// `--trainable-queries`: the query table starts from MF's embeddings, is trained with the
+/// model and saved in its checkpoints, and is part of what binds the run directory.
+#[test]
+fn trainable_queries_are_trained_saved_and_bind_the_run() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("tuned");
+    let device = candle_core::Device::Cpu;
+    let mut run = tiny_run("beauty", &data_root(), &dir);
+    run.trainable_queries = true;
+    let done = train_run(&run, &device, |_| {})?;
+    let checkpoint = &done.outcome.last_checkpoint;
+    let header: peapod::train::CheckpointHeader =
+        peapod::checkpoint::read_checkpoint_header(checkpoint)?;
+    assert!(header.model.trainable_queries);
+    let weights = candle_core::safetensors::load(checkpoint, &device)?;
+    let tuned = weights
+        .get("user_queries")
+        .expect("a trainable query table is saved with the model");
+    let data = TrainingData::load(&data_root(), "beauty", None)?;
+    let mf = MfModel::load(dir.join("mf.safetensors"))?;
+    let initial = peapod::pipeline::user_queries(&mf, &data.dataset, &device)?;
+    assert_eq!(tuned.dims(), initial.dims());
+    let moved = (tuned - &initial)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(
+        moved > 0.0,
+        "one optimizer step left the queries where MF put them"
+    );
+
+    // The same run with frozen queries is another model: refused in this directory.
+    let frozen = tiny_run("beauty", &data_root(), &dir);
+    assert!(train_run(&frozen, &device, |_| {}).is_err());
+    Ok(())
 }

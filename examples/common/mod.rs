@@ -131,6 +131,10 @@ pub struct TrainArgs {
     /// few CPU minutes, then is cached there).
     #[arg(long)]
     pub no_sasrec: bool,
+    /// Tune the user queries end to end, starting from MF's embeddings (the paper's future
+    /// work; it freezes them). Variants with a user prompt only.
+    #[arg(long)]
+    pub trainable_queries: bool,
 }
 
 #[derive(clap::Parser)]
@@ -166,6 +170,7 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
         explanations: args.explanations.clone(),
         indexing: ItemIndexing::parse(&args.indexing, args.seed)?,
         variant: Variant::parse(&args.variant)?,
+        trainable_queries: args.trainable_queries,
         t5: t5_config(&args.config)?,
         pretrained: args.weights.clone(),
         train: TrainConfig {
