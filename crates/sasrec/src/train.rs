@@ -495,38 +495,44 @@ impl TrainBatch {
 }
 
 /// Adam (the reference code's optimiser; no weight decay), one fused in-place update per
-/// weight on the CPU, composed elsewhere.
+/// weight on the CPU, composed elsewhere. (`peapod::optim::AdamW` is the same update with
+/// weight decay, clipping and checkpointable state; this crate cannot depend on it.)
 struct Adam {
     lr: f64,
     betas: (f64, f64),
     t: u64,
-    moments: Vec<(Vec<f32>, Vec<f32>)>,
-    device_moments: Vec<Option<(Tensor, Tensor)>>,
+    moments: Vec<Moments>,
+}
+
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Device { m: Tensor, v: Tensor },
 }
 
 const ADAM_EPS: f64 = 1e-8;
 
 impl Adam {
     fn new(vars: &[(String, Var)], cfg: &TrainConfig) -> Result<Self> {
-        let mut moments = Vec::with_capacity(vars.len());
-        let mut device_moments = Vec::with_capacity(vars.len());
-        for (_, v) in vars {
-            if is_cpu_f32(v.as_tensor()) {
-                let n = v.elem_count();
-                moments.push((vec![0.0; n], vec![0.0; n]));
-                device_moments.push(None);
-            } else {
-                moments.push((Vec::new(), Vec::new()));
-                let z = v.as_tensor().zeros_like()?;
-                device_moments.push(Some((z.clone(), z)));
-            }
-        }
+        let moments = vars
+            .iter()
+            .map(|(_, v)| {
+                Ok(if is_cpu_f32(v.as_tensor()) {
+                    let n = v.elem_count();
+                    Moments::Host {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                    }
+                } else {
+                    let z = v.as_tensor().zeros_like()?;
+                    Moments::Device { m: z.clone(), v: z }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             lr: cfg.learning_rate,
             betas: cfg.betas,
             t: 0,
             moments,
-            device_moments,
         })
     }
 
@@ -537,16 +543,13 @@ impl Adam {
     ) -> Result<()> {
         self.t += 1;
         let step = AdamWStep::new(self.lr, self.betas, ADAM_EPS, 0.0, self.t, 1.0);
-        for (k, (_, var)) in vars.iter().enumerate() {
+        for ((_, var), moments) in vars.iter().zip(&mut self.moments) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            match &mut self.device_moments[k] {
-                None => {
-                    let (m, v) = &mut self.moments[k];
-                    adamw_step_in_place(var.as_tensor(), g, m, v, &step)?;
-                }
-                Some((m, v)) => {
+            match moments {
+                Moments::Host { m, v } => adamw_step_in_place(var.as_tensor(), g, m, v, &step)?,
+                Moments::Device { m, v } => {
                     let (b1, b2) = self.betas;
                     *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
                     *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
