@@ -42,6 +42,8 @@ struct Cli {
     beam: bool,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    #[command(flatten)]
+    recipe: common::RecipeArgs,
     #[arg(long, default_value_t = 2022)]
     seed: u64,
     #[arg(long, default_value = "runs/compare")]
@@ -63,7 +65,7 @@ fn run() -> anyhow::Result<()> {
         .map(|name| Variant::parse(name.trim()))
         .collect::<Result<Vec<_>, _>>()?;
     let t5 = peapod::run::t5_config(&cli.config)?;
-    let train_config = TrainConfig {
+    let train_config = cli.recipe.apply(TrainConfig {
         epochs: 1,
         batch_size: 32,
         optimizer: AdamWConfig {
@@ -75,8 +77,7 @@ fn run() -> anyhow::Result<()> {
         max_seconds: Some(cli.budget_minutes * 60.0),
         max_steps: cli.budget_steps,
         ..TrainConfig::default()
-    };
-    train_config.validate()?;
+    })?;
     let device = peapod::run::default_device();
     let data = TrainingData::load(&common::default_data_root(), &cli.dataset, None)?;
     let (mf, queries) = common::paper_mf(&data, cli.seed, &cli.out, &device)?;

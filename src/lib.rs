@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod run;
 pub mod sasrec;
+pub mod schedule;
 pub mod train;
 
 pub use error::PeapodError;

@@ -20,7 +20,8 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// Clip the global gradient norm to this value before the update (P5/POD clip at 1.0).
+    /// Clip the global gradient norm to this value before the update. POD's `pretrain.py`
+    /// clips nothing, so the default is None; a recipe may turn it on.
     pub max_grad_norm: Option<f64>,
 }
 
@@ -32,7 +33,7 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
-            max_grad_norm: Some(1.0),
+            max_grad_norm: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::model::{BatchTensors, ModelConfig, PeaPod};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::schedule::LrSchedule;
 use crate::{even_slices, PeapodError};
 
 /// File names inside a run directory.
@@ -54,6 +55,9 @@ pub struct TrainConfig {
     /// the core count so that machines with different core counts train alike.
     #[serde(default = "default_batch_slices")]
     pub batch_slices: usize,
+    /// The learning rate over the run, a factor of `optimizer.lr` (the paper: constant).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
 }
 
 fn default_batch_slices() -> usize {
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             eval_batch_size: 64,
             batch_slices: default_batch_slices(),
+            lr_schedule: LrSchedule::default(),
         }
     }
 }
@@ -147,7 +152,7 @@ impl TrainConfig {
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
             Some((_, what)) => Err(PeapodError::Config(format!("training settings: {what}"))),
-            None => Ok(()),
+            None => self.lr_schedule.validate(),
         }
     }
 }
@@ -190,6 +195,9 @@ pub struct TrainState {
     /// resumed run draws the curve the uninterrupted one would.
     #[serde(default)]
     pub loss_curve_pending: (f64, u64),
+    /// The steps the learning-rate schedule spans, fixed when the run started.
+    #[serde(default)]
+    pub schedule_steps: Option<u64>,
 }
 
 /// Steps averaged into one point of [`TrainState::loss_curve`].
@@ -352,6 +360,41 @@ pub fn mean_loss(
     })
 }
 
+/// A diverged step stops the run with where it happened.
+fn ensure_finite(
+    what: &'static str,
+    value: f64,
+    state: &TrainState,
+    task: Task,
+) -> Result<(), PeapodError> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    Err(PeapodError::NonFinite {
+        what,
+        value,
+        epoch: state.epoch,
+        step: state.global_step,
+        task: task.name(),
+    })
+}
+
+/// Mean validation loss per task name.
+fn validation_losses(
+    model: &PeaPod,
+    tokenizer: &RecTokenizer,
+    valid: &[(Task, Vec<Example>)],
+    batch_size: usize,
+) -> Result<HashMap<String, f64>, PeapodError> {
+    valid
+        .iter()
+        .map(|(task, examples)| {
+            let loss = mean_loss(model, tokenizer, examples, batch_size)?;
+            Ok((task.name().to_string(), loss))
+        })
+        .collect()
+}
+
 fn dropout_seed(seed: u64, step: u64) -> u64 {
     seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
@@ -387,31 +430,7 @@ pub fn train(
     let mut optimizer = AdamW::new(model.named_vars(), cfg.optimizer)?;
     let mut state = TrainState::default();
     if resume && last_path.exists() {
-        let (tensors, header): (_, CheckpointHeader) = load_checkpoint(&last_path, model.device())?;
-        check_compatible(&last_path, &header, model.config(), cfg)?;
-        if header.indexing != data.indexing {
-            return Err(PeapodError::checkpoint(
-                &last_path,
-                format!(
-                    "it numbers items by {}; this run by {}: use another output directory",
-                    header.indexing.describe(),
-                    data.indexing.describe()
-                ),
-            ));
-        }
-        if header.dataset != data.dataset.name() {
-            return Err(PeapodError::checkpoint(
-                &last_path,
-                format!(
-                    "it is a {} run; this one trains on {}: use another output directory",
-                    header.dataset,
-                    data.dataset.name()
-                ),
-            ));
-        }
-        model.set_weights(&tensors)?;
-        optimizer.load_state(&tensors, header.optimizer_step)?;
-        state = header.state;
+        state = resume_state(model, &mut optimizer, data, cfg, &last_path)?;
         if state.finished {
             return Ok(TrainOutcome {
                 best_checkpoint: best_path.exists().then_some(best_path),
@@ -445,6 +464,17 @@ pub fn train(
     }
     let valid = validation_sets(data, cfg, batcher.tasks())?;
     let per_epoch = batcher.batches_per_epoch() as u64;
+    let schedule_steps = *state.schedule_steps.get_or_insert_with(|| {
+        cfg.lr_schedule
+            .total_steps
+            .or(cfg.max_steps)
+            .unwrap_or(cfg.epochs as u64 * per_epoch)
+    });
+    LrSchedule {
+        total_steps: Some(schedule_steps),
+        ..cfg.lr_schedule
+    }
+    .validate()?;
 
     let header = |state: &TrainState, optimizer: &AdamW| CheckpointHeader {
         format: FORMAT,
@@ -486,25 +516,11 @@ pub fn train(
                 .t5()
                 .set_dropout_seed(dropout_seed(cfg.seed, state.global_step))?;
             let (grads, value) = batch_gradients(model, &tensors, cfg.batch_slices)?;
-            if !value.is_finite() {
-                return Err(PeapodError::NonFinite {
-                    what: "the loss",
-                    value,
-                    epoch: state.epoch,
-                    step: state.global_step,
-                    task: task.name(),
-                });
-            }
+            ensure_finite("the loss", value, &state, task)?;
+            let lr = cfg.optimizer.lr * cfg.lr_schedule.factor(state.global_step, schedule_steps);
+            optimizer.set_learning_rate(lr);
             let norm = optimizer.step(&grads)?;
-            if !norm.is_finite() {
-                return Err(PeapodError::NonFinite {
-                    what: "the gradient norm",
-                    value: norm,
-                    epoch: state.epoch,
-                    step: state.global_step,
-                    task: task.name(),
-                });
-            }
+            ensure_finite("the gradient norm", norm, &state, task)?;
             state.epoch_loss_sum += value;
             state.step_in_epoch += 1;
             state.global_step += 1;
@@ -515,7 +531,7 @@ pub fn train(
                 format!(" · {:.1} of {:.1} min left", left / 60.0, limit / 60.0)
             });
             bar.set_message(format!(
-                "{} loss {value:.3} · {rate:.0} samples/s{budget}",
+                "{} loss {value:.3} · lr {lr:.2e} · {rate:.0} samples/s{budget}",
                 task.name()
             ));
             bar.inc(1);
@@ -526,11 +542,7 @@ pub fn train(
         }
         bar.finish_and_clear();
 
-        let mut valid_loss = HashMap::new();
-        for (task, examples) in &valid {
-            let l = mean_loss(model, &data.tokenizer, examples, cfg.eval_batch_size)?;
-            valid_loss.insert(task.name().to_string(), l);
-        }
+        let valid_loss = validation_losses(model, &data.tokenizer, &valid, cfg.eval_batch_size)?;
         let mean_valid_loss = if valid_loss.is_empty() {
             f64::NAN
         } else {
@@ -600,6 +612,43 @@ pub fn export_weights(src: &Path, dst: &Path, dtype: DType) -> Result<u64, Peapo
     std::fs::metadata(dst)
         .map(|m| m.len())
         .map_err(|e| PeapodError::io(dst, e))
+}
+
+/// The state of the run checkpointed at `last_path`, with its weights and optimizer state
+/// loaded into `model` and `optimizer`, after checking that it is this run.
+fn resume_state(
+    model: &PeaPod,
+    optimizer: &mut AdamW,
+    data: &TrainingData,
+    cfg: &TrainConfig,
+    last_path: &Path,
+) -> Result<TrainState, PeapodError> {
+    let (tensors, header): (_, CheckpointHeader) = load_checkpoint(last_path, model.device())?;
+    check_compatible(last_path, &header, model.config(), cfg)?;
+    let mismatch = if header.indexing != data.indexing {
+        Some(format!(
+            "it numbers items by {}; this run by {}",
+            header.indexing.describe(),
+            data.indexing.describe()
+        ))
+    } else if header.dataset != data.dataset.name() {
+        Some(format!(
+            "it is a {} run; this one trains on {}",
+            header.dataset,
+            data.dataset.name()
+        ))
+    } else {
+        None
+    };
+    if let Some(what) = mismatch {
+        return Err(PeapodError::checkpoint(
+            last_path,
+            format!("{what}: use another output directory"),
+        ));
+    }
+    model.set_weights(&tensors)?;
+    optimizer.load_state(&tensors, header.optimizer_step)?;
+    Ok(header.state)
 }
 
 /// A resumed run must continue the same model; the budget fields may change between calls.

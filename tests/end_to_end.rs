@@ -210,3 +210,97 @@ fn the_shipped_checkpoint_loads_as_a_tiny_peapod() -> Result<(), PeapodError> {
     assert_eq!(model.num_parameters(), 5_126_528);
     Ok(())
 }
+
+/// Item 1 of the learning issue: a learning-rate schedule spans the run's step budget, is kept
+/// in the checkpoint, and a resumed run follows it exactly.
+#[test]
+fn a_scheduled_run_resumes_on_its_schedule() -> Result<(), PeapodError> {
+    use peapod::schedule::{LrSchedule, ScheduleKind};
+    let data = TrainingData::load(&data_root(), "beauty", None)?;
+    let q = queries(data.dataset.num_users())?;
+    let scheduled = |max_steps, total_steps| TrainConfig {
+        lr_schedule: LrSchedule {
+            kind: ScheduleKind::Linear,
+            warmup_steps: 2,
+            total_steps,
+        },
+        ..config(max_steps)
+    };
+
+    // Uninterrupted, the schedule spanning the step budget (7).
+    let dir_a = tmp("sched-a");
+    let model_a = fresh_model(&q)?;
+    let out_a = train(&model_a, &data, &scheduled(7, None), &dir_a, false, false)?;
+    assert_eq!(out_a.state.schedule_steps, Some(7));
+    let constant = fresh_model(&q)?;
+    train(&constant, &data, &config(7), &tmp("sched-c"), false, false)?;
+    assert_ne!(
+        weights_of(&model_a)?,
+        weights_of(&constant)?,
+        "the schedule must change the updates"
+    );
+
+    // Interrupted after 3 steps of a 7-step schedule, then resumed: the same run.
+    let dir_b = tmp("sched-b");
+    let out_b = train(
+        &fresh_model(&q)?,
+        &data,
+        &scheduled(3, Some(7)),
+        &dir_b,
+        false,
+        false,
+    )?;
+    assert_eq!(
+        (out_b.state.global_step, out_b.state.schedule_steps),
+        (3, Some(7))
+    );
+    let resumed = fresh_model(&q)?;
+    let out_c = train(&resumed, &data, &scheduled(7, Some(7)), &dir_b, true, false)?;
+    assert_eq!(out_c.state.global_step, 7);
+    assert_eq!(
+        out_c.state.loss_curve_pending,
+        out_a.state.loss_curve_pending
+    );
+    assert_eq!(weights_of(&resumed)?, weights_of(&model_a)?);
+
+    // A schedule fixed by the first call's budget stays fixed when a later call extends it.
+    let dir_d = tmp("sched-d");
+    train(
+        &fresh_model(&q)?,
+        &data,
+        &scheduled(3, None),
+        &dir_d,
+        false,
+        false,
+    )?;
+    let extended = train(
+        &fresh_model(&q)?,
+        &data,
+        &scheduled(5, None),
+        &dir_d,
+        true,
+        false,
+    )?;
+    assert_eq!(
+        (extended.state.global_step, extended.state.schedule_steps),
+        (5, Some(3))
+    );
+
+    // A different schedule cannot resume the run.
+    let other = TrainConfig {
+        lr_schedule: LrSchedule {
+            kind: ScheduleKind::Cosine,
+            ..scheduled(7, Some(7)).lr_schedule
+        },
+        ..scheduled(7, Some(7))
+    };
+    let err = train(&fresh_model(&q)?, &data, &other, &dir_b, true, false)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("different training settings"), "{err}");
+    for dir in ["sched-a", "sched-b", "sched-c", "sched-d"] {
+        let _ = std::fs::remove_dir_all(tmp(dir));
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ use peapod::pipeline::ColdStart;
 use peapod::run::{
     default_device, evaluation_run, t5_config, train_run, EvalRun, RunDir, SasRecTraining, TrainRun,
 };
+use peapod::schedule::LrSchedule;
 use peapod::train::TrainConfig;
 use peapod::PeapodError;
 use peapod_datasets::{ItemIndexing, Split, Task};
@@ -55,6 +56,44 @@ pub fn print_mf_progress(p: peapod_pmf::Progress) {
     }
 }
 
+/// The optimisation recipe beyond the learning rate: its schedule and gradient clipping (the
+/// paper's config: constant, no clipping).
+#[derive(Debug, Clone, Args)]
+pub struct RecipeArgs {
+    /// Learning-rate schedule: constant (the paper), linear or cosine (transformers' schedules:
+    /// warm-up from 0, then decay to 0 at the schedule's last step).
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: String,
+    /// Steps of linear warm-up (linear and cosine schedules).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// Steps the schedule decays over (default: the run's budget, --max-steps or the epochs'
+    /// steps, fixed when the run starts).
+    #[arg(long)]
+    pub schedule_steps: Option<u64>,
+    /// Clip the global gradient norm to this value (default: no clipping, as POD's code).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+}
+
+impl RecipeArgs {
+    /// `cfg` with this recipe's schedule and clipping, checked.
+    pub fn apply(&self, cfg: TrainConfig) -> Result<TrainConfig, PeapodError> {
+        let lr_schedule =
+            LrSchedule::parse(&self.lr_schedule, self.warmup_steps, self.schedule_steps)?;
+        let cfg = TrainConfig {
+            lr_schedule,
+            optimizer: AdamWConfig {
+                max_grad_norm: self.max_grad_norm,
+                ..cfg.optimizer
+            },
+            ..cfg
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 /// Flags of the training examples.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
@@ -80,9 +119,11 @@ pub struct TrainArgs {
     /// Examples per optimizer step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// AdamW learning rate.
+    /// AdamW learning rate (the peak of a schedule).
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Stop after this many epochs without a better mean validation loss.
     #[arg(long, default_value_t = 5)]
     pub patience: usize,
@@ -173,7 +214,7 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
         trainable_queries: args.trainable_queries,
         t5: t5_config(&args.config)?,
         pretrained: args.weights.clone(),
-        train: TrainConfig {
+        train: args.recipe.apply(TrainConfig {
             epochs: args.epochs,
             batch_size: args.batch_size,
             optimizer: AdamWConfig {
@@ -188,7 +229,7 @@ pub fn run_training(dataset: &str, args: &TrainArgs) -> Result<(), PeapodError> 
             max_seconds: args.max_minutes.map(|m| m * 60.0),
             checkpoint_every: args.checkpoint_every,
             ..TrainConfig::default()
-        },
+        })?,
         mf_iterations: args.mf_iters,
         run_dir: RunDir::new(&out),
         resume: !args.no_resume,

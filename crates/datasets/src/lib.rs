@@ -42,8 +42,9 @@ pub use negatives::{
     Negatives, NumpyMt19937, NEGATIVES_FILE, NUM_TEST_NEGATIVES, P5_NEGATIVE_SEED,
 };
 pub use tasks::{
-    evaluation_examples, explanation_eval_examples, sample_negatives, sequential_eval_examples,
-    topn_test_examples, topn_validation_examples, Example, Split, Task, TaskSampler, MAX_HISTORY,
+    evaluation_examples, explanation_eval_examples, pod_segment, sample_negatives,
+    sequential_eval_examples, topn_test_examples, topn_validation_examples, Example, Split, Task,
+    TaskSampler, MAX_HISTORY,
 };
 pub use templates::Templates;
 pub use tokenizer::{

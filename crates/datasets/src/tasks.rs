@@ -185,16 +185,13 @@ impl<'a> TaskSampler<'a> {
     /// A random contiguous segment of the training history (ending at least two items before
     /// the end of the sequence), cut to its last ≤ 21 items: the last is the target, the rest
     /// the history; random template. None if the training history has fewer than two items.
+    ///
+    /// The segment is drawn as POD's `SeqSampler` draws it ([`pod_segment`]): its start first,
+    /// then its end after the start, which puts the paper's targets near the recent end of the
+    /// history, where the test item follows.
     pub fn sequential(&mut self, user: u32) -> Option<Example> {
         let train = self.dataset.train_history(user);
-        if train.len() < 2 {
-            return None;
-        }
-        let end = self.rng.random_range(1..train.len());
-        let start = self
-            .rng
-            .random_range(0..end)
-            .max(end.saturating_sub(MAX_HISTORY));
+        let (start, end) = pod_segment(train.len(), &mut self.rng)?;
         let template = self
             .rng
             .random_range(0..self.templates.count(Task::Sequential));
@@ -244,6 +241,27 @@ impl<'a> TaskSampler<'a> {
             &record.explanation,
         )
     }
+}
+
+/// The training segment `items[start..=end]` of a history of `n` items, cut to its last
+/// [`MAX_HISTORY`] + 1 items, as POD's `SeqSampler` draws it (SPEC §2): `start` uniform in
+/// `[0, n − 2]`, then `end` uniform in `[start + 1, n − 1]`. Returns the cut start and the end
+/// (the target's index); None when `n < 2`.
+///
+/// ```
+/// use rand::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+/// let (start, end) = peapod_datasets::pod_segment(40, &mut rng).unwrap();
+/// assert!(start < end && end < 40 && end - start <= 20);
+/// assert!(peapod_datasets::pod_segment(1, &mut rng).is_none());
+/// ```
+pub fn pod_segment<R: Rng>(n: usize, rng: &mut R) -> Option<(usize, usize)> {
+    if n < 2 {
+        return None;
+    }
+    let start = rng.random_range(0..n - 1);
+    let end = rng.random_range(start + 1..n);
+    Some((start.max(end.saturating_sub(MAX_HISTORY)), end))
 }
 
 fn topn_example(

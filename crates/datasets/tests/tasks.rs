@@ -248,3 +248,101 @@ fn explanation_examples_from_the_excerpt() {
     assert!(ex.input.contains("user_16422") && ex.input.contains("item_3536"));
     assert!(s.explanation(22).is_none());
 }
+
+/// POD's `SeqSampler` over `n` training items: the probability that the target is item `e`
+/// with `len` history items (start uniform in [0, n − 2], end uniform in [start + 1, n − 1],
+/// history cut to 20), written out from the rule rather than from the sampler's code.
+fn pod_probabilities(n: usize) -> Vec<(usize, usize, f64)> {
+    let mut out = Vec::new();
+    for start in 0..n - 1 {
+        for end in start + 1..n {
+            let p = 1.0 / (n - 1) as f64 / (n - 1 - start) as f64;
+            out.push((end, (end - start).min(20), p));
+        }
+    }
+    out
+}
+
+/// What a stream of sequential examples says about where its targets sit: the share on the
+/// last training item, the mean relative position (index / (n − 1)), and the share of each
+/// history length 1..=20.
+#[derive(Debug, Default)]
+struct TargetStats {
+    last: f64,
+    relative: f64,
+    lengths: [f64; 21],
+    weight: f64,
+}
+
+impl TargetStats {
+    fn add(&mut self, n: usize, end: usize, len: usize, p: f64) {
+        self.last += p * f64::from(end == n - 1);
+        self.relative += p * end as f64 / (n - 1) as f64;
+        self.lengths[len] += p;
+        self.weight += p;
+    }
+
+    fn normalised(mut self) -> Self {
+        let w = self.weight;
+        self.last /= w;
+        self.relative /= w;
+        self.lengths.iter_mut().for_each(|l| *l /= w);
+        self
+    }
+}
+
+/// Item 0 of the learning issue: on beauty's real users, the sampler's targets and history
+/// lengths follow POD's distribution, not the end-first draw it replaced.
+#[test]
+fn sequential_targets_follow_pods_sampler_on_beauty() {
+    let templates = templates();
+    let beauty = Dataset::load(format!("{DATA}/beauty")).unwrap();
+    let mut exact = TargetStats::default();
+    for user in beauty.users() {
+        let n = beauty.train_history(user).len();
+        for (end, len, p) in pod_probabilities(n) {
+            exact.add(n, end, len, p);
+        }
+    }
+    let exact = exact.normalised();
+    // The rule puts 54.1% of beauty's targets on the last training item (the end-first draw it
+    // replaced: 30.0%); the learning issue's Python runs of POD's code found a mean relative
+    // position of 0.82 (end-first: 0.65) and a mean history of 2.2 items.
+    assert!((exact.last - 0.5414).abs() < 1e-3, "{exact:?}");
+    assert!((exact.relative - 0.82).abs() < 0.01, "{exact:?}");
+    let mean_len: f64 = (1..=20).map(|l| l as f64 * exact.lengths[l]).sum();
+    assert!((mean_len - 2.2).abs() < 0.05, "{mean_len}");
+
+    let mut sampler = TaskSampler::new(&beauty, &templates, None, 2022);
+    let mut drawn = TargetStats::default();
+    for _epoch in 0..5 {
+        for user in beauty.users() {
+            let train = beauty.train_history(user);
+            let ex = sampler.sequential(user).unwrap();
+            let listed: Vec<u32> = id_mentions(&ex.input)[1..]
+                .iter()
+                .map(|&(s, e)| ex.input[s + 5..e].parse().unwrap())
+                .collect();
+            let target = ex.target_item.unwrap();
+            let end = (listed.len()..train.len())
+                .find(|&p| train[p] == target && train[p - listed.len()..p] == listed[..])
+                .expect("the example is a segment of the training history");
+            drawn.add(train.len(), end, listed.len(), 1.0);
+        }
+    }
+    let drawn = drawn.normalised();
+    // 111,815 draws: a share's standard error is ≤ 0.0015; the end-first draw (0.300 of the
+    // targets on the last item, mean relative position 0.65) is far outside these bounds.
+    assert!(
+        (drawn.last - exact.last).abs() < 0.006,
+        "{drawn:?} vs {exact:?}"
+    );
+    assert!(
+        (drawn.relative - exact.relative).abs() < 0.004,
+        "{drawn:?} vs {exact:?}"
+    );
+    for len in 1..=20 {
+        let (d, e) = (drawn.lengths[len], exact.lengths[len]);
+        assert!((d - e).abs() < 0.006, "history length {len}: {d} vs {e}");
+    }
+}
