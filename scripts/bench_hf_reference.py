@@ -6,7 +6,7 @@ means something when both sides run back to back. This script times what `bench_
 `bench_decode` time, the way a user of transformers would run it, and prints JSON lines with
 the same fields:
 
-- a training step (forward + backward + AdamW, lr 5e-4, dropout 0.1), batch 64, full-length
+- a training step (forward + backward + AdamW, lr 5e-4, dropout 0.1), batch 64 (`--batch`), full-length
   inputs, random-init weights;
 - beam search with `generate`: batch 32, 20 beams, 20 returned sequences, 40-token inputs, up
   to 10 new tokens (`max_new_tokens=10`, which is our `max_length 11`; `shared/bench`'s
@@ -60,14 +60,14 @@ def random_ids(rows, cols, gen):
     return torch.randint(2, 32128, (rows, cols), generator=gen).to(DEVICE)
 
 
-def bench_train(name, input_len, target_len, steps, warmup):
+def bench_train(name, input_len, target_len, steps, warmup, batch=64):
     model = model_for(name).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     gen = torch.Generator().manual_seed(1)
     times = []
     for i in range(warmup + steps):
-        x = random_ids(64, input_len, gen)
-        y = random_ids(64, target_len, gen)
+        x = random_ids(batch, input_len, gen)
+        y = random_ids(batch, target_len, gen)
         sync()
         t = time.perf_counter()
         loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=y).loss
@@ -79,7 +79,7 @@ def bench_train(name, input_len, target_len, steps, warmup):
             times.append(time.perf_counter() - t)
     return {"side": "pytorch", "transformers": transformers.__version__,
             "device": str(DEVICE), "what": "train",
-            "config": name, "batch": 64,
+            "config": name, "batch": batch,
             "input_len": input_len, "target_len": target_len,
             "median_s_per_step": round(statistics.median(times), 4),
             "times_s": [round(t, 4) for t in times]}
@@ -112,6 +112,7 @@ def main():
     p.add_argument("--config", choices=sorted(CONFIGS), action="append")
     p.add_argument("--what", nargs="+", choices=["train", "decode"], default=["train", "decode"])
     p.add_argument("--case", action="append", help="training shape INxOUT (default 40x6)")
+    p.add_argument("--batch", type=int, default=64, help="examples per training step")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -124,7 +125,8 @@ def main():
         if "train" in args.what:
             for case in args.case or ["40x6"]:
                 n_in, n_out = (int(v) for v in case.split("x"))
-                print(json.dumps(bench_train(name, n_in, n_out, args.repeats, args.warmup)),
+                print(json.dumps(bench_train(name, n_in, n_out, args.repeats, args.warmup,
+                                             args.batch)),
                       flush=True)
         if "decode" in args.what:
             print(json.dumps(bench_decode(name, args.repeats, args.warmup)), flush=True)

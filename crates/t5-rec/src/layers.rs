@@ -3,16 +3,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 use peapod_kernels::{ops, PackedWeight};
+use rayon::prelude::*;
 
 use crate::config::T5Config;
 use crate::error::{Result, T5Error};
 
 /// Additive bias for masked attention positions: large but finite, so that a fully masked row
-/// stays a uniform softmax instead of NaN.
-pub(crate) const MASK_BIAS: f64 = -1e9;
+/// stays a uniform softmax instead of NaN (the fused attention's own).
+pub(crate) const MASK_BIAS: f64 = ops::ATTENTION_MASK_BIAS;
 
 /// A bias-free linear layer.
 #[derive(Clone, Debug)]
@@ -96,12 +97,7 @@ pub(crate) fn with_dropout_stream<R>(key: u64, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-pub(crate) fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub(crate) use ops::splitmix64;
 
 impl SeededDropout {
     pub(crate) fn new(p: f64, seed: u64) -> Self {
@@ -133,6 +129,19 @@ impl SeededDropout {
         })
     }
 
+    /// The dropout of `n` attention probabilities, for the fused attention (which draws the
+    /// same masks from these counters as this dropout applied to its probabilities would);
+    /// None when not training.
+    pub(crate) fn attention_dropout(&self, n: usize, train: bool) -> Option<ops::CounterDropout> {
+        if !train || self.p <= 0.0 || self.p >= 1.0 {
+            return None;
+        }
+        Some(ops::CounterDropout::new(
+            self.p,
+            self.take_counters(n as u64),
+        ))
+    }
+
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if !train || self.p <= 0.0 {
             return Ok(x.clone());
@@ -154,32 +163,15 @@ impl SeededDropout {
             return Ok(x.mul(&mask)?);
         }
         let n = x.elem_count();
-        let base = self.take_counters(n as u64);
-        // Compare 24-bit uniforms against an integer threshold: exact and fast.
-        let threshold = (self.p * (1u64 << 24) as f64) as u64;
+        let drop = ops::CounterDropout::new(self.p, self.take_counters(n as u64));
         let mut mask = vec![0f32; n];
-        let fill = |offset: usize, chunk: &mut [f32]| {
-            for (i, m) in chunk.iter_mut().enumerate() {
-                let r = splitmix64(base.wrapping_add((offset + i) as u64));
-                *m = if (r >> 40) >= threshold {
-                    keep_scale
-                } else {
-                    0.0
-                };
-            }
-        };
         // Element i always uses counter base + i: the mask does not depend on the threading.
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-        if threads > 1 && n >= 1 << 16 {
-            let per = n.div_ceil(threads);
-            std::thread::scope(|scope| {
-                for (k, chunk) in mask.chunks_mut(per).enumerate() {
-                    scope.spawn(move || fill(k * per, chunk));
-                }
-            });
-        } else {
-            fill(0, &mut mask);
-        }
+        // (Rayon's pool, not fresh threads: spawning and unmapping their stacks on every call
+        // cost TLB shootdowns on both cores.)
+        const CHUNK: usize = 1 << 16;
+        mask.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(k, chunk)| drop.fill((k * CHUNK) as u64, chunk));
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
     }
@@ -305,30 +297,39 @@ impl Attention {
             .contiguous()?)
     }
 
-    /// Training / full-sequence attention. `bias` broadcasts to (B, H, Tq, Tk) and carries the
-    /// position bias and the masks.
+    /// Training / full-sequence attention through the fused op (`peapod_kernels::ops::
+    /// attention`): keys and values come from one product with the two weights side by side.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         kv_input: Option<&Tensor>,
-        bias: &Tensor,
+        bias: &AttentionBias,
         dropout: &SeededDropout,
         train: bool,
     ) -> Result<Tensor> {
         let (b, tq, _) = x.dims3()?;
         let kv_input = kv_input.unwrap_or(x);
-        let q = self.split_heads(&self.q.forward(x)?)?;
-        let k = self.split_heads(&self.k.forward(kv_input)?)?;
-        let v = self.split_heads(&self.v.forward(kv_input)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let weights = ops::softmax_last_dim(&scores)?;
-        let weights = dropout.forward(&weights, train)?;
-        let ctx = weights
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, tq, self.heads * self.d_kv))?;
+        let tk = kv_input.dim(1)?;
+        let q = self.q.forward(x)?;
+        let kv_weight = Tensor::cat(&[&self.k.weight, &self.v.weight], 0)?;
+        let kv = ops::linear(kv_input, &kv_weight)?;
+        let masks = ops::AttentionMasks {
+            key_keep: bias.key_keep.cloned(),
+            causal: bias.causal,
+            dropout: dropout.attention_dropout(b * self.heads * tq * tk, train),
+        };
+        let ctx = ops::attention(&q, &kv, bias.position, self.heads, &masks)?;
         self.o.forward(&ctx)
     }
+}
+
+/// What a full-sequence attention adds to its scores: a learned position bias (1, H, Tq, Tk),
+/// a (B, Tk) keep mask over the keys, and the causal mask.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AttentionBias<'a> {
+    pub(crate) position: Option<&'a Tensor>,
+    pub(crate) key_keep: Option<&'a Tensor>,
+    pub(crate) causal: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -438,12 +439,4 @@ pub(crate) fn padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let keep = mask.to_dtype(DType::F32)?;
     let bias = ((keep - 1.0)? * -MASK_BIAS)?;
     Ok(bias.reshape((b, 1, 1, t))?.to_dtype(dtype)?)
-}
-
-/// Additive causal bias `(1, 1, S, S)`.
-pub(crate) fn causal_bias(s: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..s)
-        .flat_map(|i| (0..s).map(move |j| if j > i { MASK_BIAS as f32 } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(v, (1, 1, s, s), device)?.to_dtype(dtype)?)
 }

@@ -8,8 +8,8 @@ use rayon::prelude::*;
 use crate::config::T5Config;
 use crate::error::{Result, T5Error};
 use crate::layers::{
-    causal_bias, padding_bias, splitmix64, with_dropout_stream, Attention, FeedForward,
-    RelativeBias, RmsNorm, SeededDropout,
+    splitmix64, with_dropout_stream, Attention, AttentionBias, FeedForward, RelativeBias, RmsNorm,
+    SeededDropout,
 };
 
 mod cache;
@@ -320,11 +320,12 @@ impl T5ForRec {
         train: bool,
     ) -> Result<Tensor> {
         let t = input_embeds.dim(1)?;
-        let bias = self
-            .encoder_bias
-            .forward(t, t, 0)?
-            .to_dtype(self.dtype)?
-            .broadcast_add(&padding_bias(attention_mask, self.dtype)?)?;
+        let position = self.encoder_bias.forward(t, t, 0)?.to_dtype(self.dtype)?;
+        let bias = AttentionBias {
+            position: Some(&position),
+            key_keep: Some(attention_mask),
+            causal: false,
+        };
         let drop = &self.dropout;
         let mut h = drop.forward(input_embeds, train)?;
         for block in &self.encoder {
@@ -362,16 +363,11 @@ impl T5ForRec {
                 encoder_mask.dims()
             )));
         }
-        let self_bias = self
-            .decoder_bias
-            .forward(s, s, 0)?
-            .to_dtype(self.dtype)?
-            .broadcast_add(&causal_bias(s, self.dtype, &self.device)?)?;
-        let cross_bias = padding_bias(encoder_mask, self.dtype)?;
+        let self_bias = self.decoder_bias.forward(s, s, 0)?.to_dtype(self.dtype)?;
         let mut pass = DecoderPass::Sequence {
             self_bias: &self_bias,
             encoder_out,
-            cross_bias: &cross_bias,
+            encoder_mask,
             group: rows / inputs,
             train,
         };

@@ -9,6 +9,7 @@ mod attention;
 mod linear;
 mod nll;
 mod rms_norm;
+mod sdpa;
 mod softmax;
 
 pub use adamw::{adamw_step_in_place, AdamWStep};
@@ -16,6 +17,7 @@ pub use attention::cached_attention;
 pub use linear::{gemm_into, linear, linear_into};
 pub use nll::nll_rows;
 pub use rms_norm::rms_norm;
+pub use sdpa::{attention, splitmix64, AttentionMasks, CounterDropout, ATTENTION_MASK_BIAS};
 pub use softmax::softmax_last_dim;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Storage, Tensor};

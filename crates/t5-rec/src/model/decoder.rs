@@ -6,7 +6,9 @@ use peapod_kernels::PackedWeight;
 
 use super::cache::{KvCache, StepRows};
 use crate::error::Result;
-use crate::layers::{Attention, FeedForward, PackedFeedForward, RmsNorm, SeededDropout};
+use crate::layers::{
+    Attention, AttentionBias, FeedForward, PackedFeedForward, RmsNorm, SeededDropout,
+};
 
 #[derive(Clone, Debug)]
 pub(crate) struct DecoderBlock {
@@ -36,11 +38,11 @@ pub(crate) enum DecoderPass<'a> {
     /// Every target position at once (training, teacher-forced scoring): differentiable, with
     /// dropout when `train`. Rows `e·group .. (e+1)·group` all read input `e` of `encoder_out`.
     Sequence {
-        /// Position bias plus causal mask, (1, H, S, S).
+        /// Position bias (1, H, S, S); the causal mask is the attention's.
         self_bias: &'a Tensor,
         encoder_out: &'a Tensor,
-        /// (E, 1, 1, T) padding bias of the encoder positions.
-        cross_bias: &'a Tensor,
+        /// (E, T) keep mask of the encoder positions.
+        encoder_mask: &'a Tensor,
         group: usize,
         train: bool,
     },
@@ -106,7 +108,14 @@ impl DecoderBlock {
         match pass {
             DecoderPass::Sequence {
                 self_bias, train, ..
-            } => att.forward(x, None, self_bias, dropout, *train),
+            } => {
+                let bias = AttentionBias {
+                    position: Some(self_bias),
+                    key_keep: None,
+                    causal: true,
+                };
+                att.forward(x, None, &bias, dropout, *train)
+            }
             DecoderPass::Step { cache, rows, .. } => {
                 let q = att.q.forward_with(x, packed.map(|p| &p.self_q))?;
                 let k = att.k.forward_with(x, packed.map(|p| &p.self_k))?;
@@ -129,24 +138,22 @@ impl DecoderBlock {
         match pass {
             DecoderPass::Sequence {
                 encoder_out,
-                cross_bias,
-                group,
-                train,
-                ..
-            } if *group == 1 => att.forward(x, Some(encoder_out), cross_bias, dropout, *train),
-            DecoderPass::Sequence {
-                encoder_out,
-                cross_bias,
+                encoder_mask,
                 group,
                 train,
                 ..
             } => {
+                let bias = AttentionBias {
+                    position: None,
+                    key_keep: Some(encoder_mask),
+                    causal: false,
+                };
                 // Cross-attention has no position bias, so an input's rows can attend as one
                 // sequence of group·S queries: its keys and values are projected once.
                 let (rows, s, d) = x.dims3()?;
                 let grouped = x.reshape((rows / group, group * s, d))?;
                 Ok(att
-                    .forward(&grouped, Some(encoder_out), cross_bias, dropout, *train)?
+                    .forward(&grouped, Some(encoder_out), &bias, dropout, *train)?
                     .reshape((rows, s, d))?)
             }
             DecoderPass::Step {
