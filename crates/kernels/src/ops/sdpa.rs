@@ -388,19 +388,11 @@ impl FusedAttention {
         let mut s = vec![0f32; tq * tk];
         self.scores(q, kv, bias, (b, h), &mut s);
         for (row, stat) in s.chunks_mut(tk).zip(stats.iter_mut()) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = exp_non_positive(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
-            *stat = (max, inv);
+            *stat = crate::dispatch!(softmax_row_avx2(row), softmax_row(row));
         }
         let mut mask = vec![0f32; if self.dropout.is_some() { tq * tk } else { 0 }];
         if self.dropout_block((b, h), &mut mask) {
-            s.iter_mut().zip(&mask).for_each(|(p, m)| *p *= m);
+            crate::dispatch!(mul_assign_avx2(&mut s, &mask), mul_assign(&mut s, &mask));
         }
         // SAFETY: block (b, h) writes rows b·Tq.. columns h·d..(h+1)·d of the output only.
         unsafe {
@@ -608,18 +600,18 @@ impl FusedAttention {
         let p = &mut buf.probs;
         self.scores(x.q, x.kv, x.bias, (b, h), p);
         let stats = &x.stats[(b * heads + h) * tq..(b * heads + h + 1) * tq];
-        for (row, &(max, inv)) in p.chunks_mut(tk).zip(stats) {
-            row.iter_mut()
-                .for_each(|s| *s = exp_non_positive(*s - max) * inv);
+        for (row, &stats) in p.chunks_mut(tk).zip(stats) {
+            crate::dispatch!(probs_row_avx2(row, stats), probs_row(row, stats));
         }
         let dropped = self.dropout_block((b, h), &mut buf.mask);
         let other = &mut buf.other;
         // dV = Pdᵀ · dO.
         if dropped {
-            other
-                .iter_mut()
-                .zip(p.iter().zip(&buf.mask))
-                .for_each(|(o, (p, m))| *o = p * m);
+            other.copy_from_slice(p);
+            crate::dispatch!(
+                mul_assign_avx2(other, &buf.mask),
+                mul_assign(other, &buf.mask)
+            );
         }
         let pd: &[f32] = if dropped { other } else { p };
         // SAFETY (all products below): block (b, h) reads its own rows and head columns and
@@ -649,19 +641,20 @@ impl FusedAttention {
         }
         // dS = P ⊙ (dPd ⊙ M − D) into the probabilities' buffer.
         let dots = &x.row_dot[(b * heads + h) * tq..(b * heads + h + 1) * tq];
-        for (i, (row, dp)) in p.chunks_mut(tk).zip(other.chunks(tk)).enumerate() {
-            let dot = dots[i];
-            if dropped {
-                let m = &buf.mask[i * tk..(i + 1) * tk];
-                row.iter_mut()
-                    .zip(dp.iter().zip(m))
-                    .for_each(|(p, (g, m))| *p *= g * m - dot);
-            } else {
-                row.iter_mut().zip(dp).for_each(|(p, g)| *p *= g - dot);
-            }
+        if dropped {
+            crate::dispatch!(
+                mul_assign_avx2(other, &buf.mask),
+                mul_assign(other, &buf.mask)
+            );
+        }
+        for ((row, dp), &dot) in p.chunks_mut(tk).zip(other.chunks(tk)).zip(dots) {
+            crate::dispatch!(
+                score_grad_row_avx2(row, dp, dot),
+                score_grad_row(row, dp, dot)
+            );
         }
         if !dbias.is_empty() {
-            dbias.iter_mut().zip(p.iter()).for_each(|(t, g)| *t += g);
+            crate::dispatch!(add_assign_avx2(dbias, p), add_assign(dbias, p));
         }
         unsafe {
             // dQ = dS · K.
@@ -689,6 +682,71 @@ impl FusedAttention {
         }
     }
 }
+
+/// Softmax of one row in place (lane sums of the exponentials, then one scaling); returns the
+/// row's maximum and inverse sum, from which [`probs_row`] recomputes the same values.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) -> (f32, f32) {
+    const LANES: usize = 8;
+    let mut peaks = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in peaks.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&peaks)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (acc, x) in sums.iter_mut().zip(c) {
+            *x = exp_non_positive(*x - max);
+            *acc += *x;
+        }
+    }
+    let mut tail = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp_non_positive(*x - max);
+        tail += *x;
+    }
+    let inv = 1.0 / (sums.iter().sum::<f32>() + tail);
+    row.iter_mut().for_each(|x| *x *= inv);
+    (max, inv)
+}
+
+/// A row's probabilities from its scores and [`softmax_row`]'s statistics: the same operations,
+/// so the same values.
+#[inline(always)]
+fn probs_row(row: &mut [f32], (max, inv): (f32, f32)) {
+    row.iter_mut()
+        .for_each(|x| *x = exp_non_positive(*x - max) * inv);
+}
+
+/// dS = P ⊙ (dP − D) for one row, in place of P.
+#[inline(always)]
+fn score_grad_row(p: &mut [f32], dp: &[f32], dot: f32) {
+    p.iter_mut().zip(dp).for_each(|(p, g)| *p *= g - dot);
+}
+
+#[inline(always)]
+fn mul_assign(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x *= y);
+}
+
+#[inline(always)]
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+}
+
+crate::avx2_variant!(fn softmax_row_avx2(row: &mut [f32]) -> (f32, f32) = softmax_row);
+crate::avx2_variant!(fn probs_row_avx2(row: &mut [f32], stats: (f32, f32)) = probs_row);
+crate::avx2_variant!(fn score_grad_row_avx2(p: &mut [f32], dp: &[f32], dot: f32) = score_grad_row);
+crate::avx2_variant!(fn mul_assign_avx2(x: &mut [f32], y: &[f32]) = mul_assign);
+crate::avx2_variant!(fn add_assign_avx2(x: &mut [f32], y: &[f32]) = add_assign);
 
 struct BackwardInputs<'a> {
     q: &'a [f32],
