@@ -4,7 +4,8 @@
 //!   `exp`), dependency-free, shared by the beam search and the ops; built twice, portable and
 //!   AVX2, and picked at run time ([`dispatch!`], [`avx2_variant!`]).
 //! - [`ops`] (feature `candle`, on by default): fused, differentiable candle ops — softmax, RMS
-//!   norm, linear, per-row NLL, single-query cached attention, an in-place AdamW update — each
+//!   norm, linear, per-row NLL, full-sequence attention for training (block by block, never
+//!   holding the batch's scores), single-query cached attention, an in-place AdamW update — each
 //!   choosing its device path inside (a fused kernel on the CPU in f32, composed candle ops
 //!   elsewhere), so a model calls the op and never branches on the device.
 //! - [`PackedWeight`] (feature `candle`): weights packed once for the repeated products of

@@ -333,9 +333,9 @@ impl T5ForRec {
                 block
                     .self_attn
                     .forward(&block.self_norm.forward(&h)?, None, &bias, drop, train)?;
-            h = (h + drop.forward(&a, train)?)?;
+            h = drop.residual(&h, &a, train)?;
             let f = block.ff.forward(&block.ff_norm.forward(&h)?, drop, train)?;
-            h = (h + drop.forward(&f, train)?)?;
+            h = drop.residual(&h, &f, train)?;
         }
         drop.forward(&self.encoder_norm.forward(&h)?, train)
     }

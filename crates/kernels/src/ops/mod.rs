@@ -6,6 +6,7 @@
 
 mod adamw;
 mod attention;
+mod dropout;
 mod linear;
 mod nll;
 mod rms_norm;
@@ -14,10 +15,11 @@ mod softmax;
 
 pub use adamw::{adamw_step_in_place, AdamWStep};
 pub use attention::cached_attention;
+pub use dropout::{dropout, residual_dropout, splitmix64, CounterDropout};
 pub use linear::{gemm_into, linear, linear_into};
 pub use nll::nll_rows;
 pub use rms_norm::rms_norm;
-pub use sdpa::{attention, splitmix64, AttentionMasks, CounterDropout, ATTENTION_MASK_BIAS};
+pub use sdpa::{attention, AttentionMasks, ATTENTION_MASK_BIAS};
 pub use softmax::softmax_last_dim;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Storage, Tensor};

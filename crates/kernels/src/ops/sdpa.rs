@@ -21,62 +21,13 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, is_cpu_f32};
+use super::{contiguous_f32, is_cpu_f32, CounterDropout};
 use crate::error::{KernelError, Result};
 use crate::rows::exp_non_positive;
 
 /// The additive bias of a masked position: large but finite, so that a fully masked row is a
 /// uniform softmax instead of NaN.
 pub const ATTENTION_MASK_BIAS: f64 = -1e9;
-
-/// Inverted dropout whose keep decisions come from a counter: element `i` of a tensor dropped
-/// from `base` is kept when the top 24 bits of splitmix64(base + i) reach p·2²⁴. The mask then
-/// needs no storage, a backward pass recomputes it, and it does not depend on threading.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CounterDropout {
-    p: f64,
-    base: u64,
-    threshold: u64,
-    keep_scale: f32,
-}
-
-impl CounterDropout {
-    /// Dropout with rate `p` (in [0, 1)) from counter `base`.
-    pub fn new(p: f64, base: u64) -> Self {
-        Self {
-            p,
-            base,
-            threshold: (p * (1u64 << 24) as f64) as u64,
-            keep_scale: (1.0 / (1.0 - p)) as f32,
-        }
-    }
-
-    /// The factor of element `i`: 1/(1 − p) if kept, 0 if dropped.
-    #[inline]
-    pub fn factor(&self, i: u64) -> f32 {
-        if (splitmix64(self.base.wrapping_add(i)) >> 40) >= self.threshold {
-            self.keep_scale
-        } else {
-            0.0
-        }
-    }
-
-    /// The factors of elements `offset..offset + out.len()`.
-    pub fn fill(&self, offset: u64, out: &mut [f32]) {
-        for (i, m) in out.iter_mut().enumerate() {
-            *m = self.factor(offset + i as u64);
-        }
-    }
-}
-
-/// The splitmix64 finaliser (Steele, Lea and Flood), the dropout counters' hash.
-#[inline]
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// What an attention call masks and drops, besides its learned position bias.
 #[derive(Debug, Clone, Default)]
@@ -249,18 +200,8 @@ fn composed(
     }
     let scores = q4.matmul(&k4.t()?)?.broadcast_add(&additive)?;
     let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-    if let Some(drop) = &masks.dropout {
-        let mask = if q.device().is_cpu() {
-            let mut mask = vec![0f32; probs.elem_count()];
-            drop.fill(0, &mut mask);
-            Tensor::from_vec(mask, probs.shape(), q.device())?.to_dtype(q.dtype())?
-        } else {
-            // A host mask would be uploaded at the probabilities' size on every call; the
-            // device's own generator keeps it there (seeded by the caller's device seed).
-            let uniform = Tensor::rand(0f32, 1f32, probs.shape(), q.device())?;
-            (uniform.ge(drop.p as f32)?.to_dtype(q.dtype())? * f64::from(drop.keep_scale))?
-        };
-        probs = probs.mul(&mask)?;
+    if let Some(drop) = masks.dropout {
+        probs = super::dropout(&probs, drop)?;
     }
     Ok(probs.matmul(&v4)?.transpose(1, 2)?.reshape((b, s.tq, w))?)
 }

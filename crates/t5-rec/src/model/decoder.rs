@@ -77,15 +77,15 @@ impl DecoderBlock {
         };
         let x = self.norm(&self.self_norm, h, pass)?;
         let a = self.self_attention(layer, &x, pass, packed, dropout)?;
-        let h = (h + dropout.forward(&a, train)?)?;
+        let h = dropout.residual(h, &a, train)?;
         let x = self.norm(&self.cross_norm, &h, pass)?;
         let c = self.cross_attention(layer, &x, pass, packed, dropout)?;
-        let h = (h + dropout.forward(&c, train)?)?;
+        let h = dropout.residual(&h, &c, train)?;
         let x = self.norm(&self.ff_norm, &h, pass)?;
         let f = self
             .ff
             .forward_with(&x, dropout, train, packed.map(|p| &p.ff))?;
-        Ok((h + dropout.forward(&f, train)?)?)
+        dropout.residual(&h, &f, train)
     }
 
     /// A step needs no gradient: candle-nn's fused norm (no backward) serves it.
