@@ -151,6 +151,16 @@ impl SeededDropout {
         Ok(ops::residual_dropout(h, a, drop)?)
     }
 
+    /// `dropout(relu(x))` as one op (the feed-forward activation).
+    pub(crate) fn relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p <= 0.0 {
+            return Ok(x.relu()?);
+        }
+        self.check_rate()?;
+        let drop = ops::CounterDropout::new(self.p, self.take_counters(x.elem_count() as u64));
+        Ok(ops::relu_dropout(x, drop)?)
+    }
+
     fn check_rate(&self) -> Result<()> {
         if self.p >= 1.0 {
             return Err(T5Error::InvalidInput(format!(
@@ -379,8 +389,8 @@ impl FeedForward {
         let at = |i: usize| packed.and_then(|p| p.get(i));
         match self {
             Self::Relu { wi, wo } => {
-                let h = wi.forward_with(x, at(0))?.relu()?;
-                wo.forward_with(&dropout.forward(&h, train)?, at(1))
+                let h = dropout.relu(&wi.forward_with(x, at(0))?, train)?;
+                wo.forward_with(&h, at(1))
             }
             Self::GatedGelu { wi_0, wi_1, wo } => {
                 // HF's "gated-gelu" uses gelu_new, the tanh approximation (candle's `gelu`).

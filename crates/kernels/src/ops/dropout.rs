@@ -151,6 +151,99 @@ impl CustomOp2 for ResidualDropout {
     }
 }
 
+/// `dropout(relu(x))`, one graph node: the feed-forward layer's activation. Composed, candle's
+/// relu backward alone makes four passes over the layer's widest tensor (zeros, a comparison,
+/// a cast, a product); here backward is one: dx = dy ⊙ mask where the output is positive (a
+/// kept element is positive exactly where x is, and a dropped one has no gradient).
+pub fn relu_dropout(x: &Tensor, drop: CounterDropout) -> Result<Tensor> {
+    if is_cpu_f32(x) {
+        return Ok(x.contiguous()?.apply_op1(ReluDropout(drop))?);
+    }
+    dropout(&x.relu()?, drop)
+}
+
+struct ReluDropout(CounterDropout);
+
+impl CustomOp1 for ReluDropout {
+    fn name(&self) -> &'static str {
+        "peapod-relu-dropout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "relu dropout")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(k, (y, x))| {
+                let offset = (k * CHUNK) as u64;
+                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    *y = x.max(0.0) * self.0.factor(offset + i as u64);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        Ok(Some(
+            res.contiguous()?
+                .apply_op2_no_bwd(&grad, &ReluDropoutGrad(self.0))?,
+        ))
+    }
+}
+
+/// (y, dy) ↦ dy ⊙ mask where y > 0, else 0.
+struct ReluDropoutGrad(CounterDropout);
+
+impl CustomOp2 for ReluDropoutGrad {
+    fn name(&self) -> &'static str {
+        "peapod-relu-dropout-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y_storage: &CpuStorage,
+        y_layout: &Layout,
+        g_storage: &CpuStorage,
+        g_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(y_storage, y_layout, "relu dropout backward")?;
+        let g = contiguous_f32(g_storage, g_layout, "relu dropout backward")?;
+        if y.len() != g.len() {
+            bail!(
+                "relu dropout backward: {} and {} elements",
+                y.len(),
+                g.len()
+            )
+        }
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .enumerate()
+            .for_each(|(k, (dx, (y, g)))| {
+                let offset = (k * CHUNK) as u64;
+                for (i, (dx, (&y, &g))) in dx.iter_mut().zip(y.iter().zip(g)).enumerate() {
+                    *dx = if y > 0.0 {
+                        g * self.0.factor(offset + i as u64)
+                    } else {
+                        0.0
+                    };
+                }
+            });
+        Ok((CpuStorage::F32(out), y_layout.shape().clone()))
+    }
+}
+
 /// y = x ⊙ mask (the op), and dy ↦ dy ⊙ mask (its backward, the same op without a graph).
 struct Dropout(CounterDropout);
 
@@ -229,6 +322,12 @@ mod tests {
                 b.map(|t| t.to_vec1::<f32>()).transpose()?
             );
         }
+        // The activation form: dropout(relu(x)), values and gradient.
+        let fused = relu_dropout(x.as_tensor(), drop)?;
+        let composed = x.as_tensor().relu()?.mul(&mask)?;
+        assert_eq!(fused.to_vec1::<f32>()?, composed.to_vec1::<f32>()?);
+        let (a, b) = crate::ops::test_util::weighted_sum_gradients(&fused, &composed, &w, &x)?;
+        assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
         // Another base, another mask.
         let other = dropout(x.as_tensor(), CounterDropout::new(0.3, 12))?;
         assert_ne!(other.to_vec1::<f32>()?, fused.to_vec1::<f32>()?);

@@ -15,7 +15,7 @@ mod softmax;
 
 pub use adamw::{adamw_step_in_place, AdamWStep};
 pub use attention::cached_attention;
-pub use dropout::{dropout, residual_dropout, splitmix64, CounterDropout};
+pub use dropout::{dropout, relu_dropout, residual_dropout, splitmix64, CounterDropout};
 pub use linear::{gemm_into, linear, linear_into};
 pub use nll::nll_rows;
 pub use rms_norm::rms_norm;
