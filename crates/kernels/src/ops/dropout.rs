@@ -88,6 +88,27 @@ pub fn dropout(x: &Tensor, drop: CounterDropout) -> Result<Tensor> {
     Ok(x.mul(&mask)?)
 }
 
+/// out[i] = f(inputs[·][i], the factor of element i), in parallel chunks of counters. The inputs
+/// have one length (checked by the callers).
+fn masked_map<const N: usize>(
+    drop: &CounterDropout,
+    inputs: [&[f32]; N],
+    f: impl Fn([f32; N], f32) -> f32 + Sync,
+) -> Vec<f32> {
+    let len = inputs.first().map_or(0, |x| x.len());
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            let start = k * CHUNK;
+            let parts = inputs.map(|x| &x[start..start + chunk.len()]);
+            for (i, y) in chunk.iter_mut().enumerate() {
+                *y = f(parts.map(|x| x[i]), drop.factor((start + i) as u64));
+            }
+        });
+    out
+}
+
 fn fill_parallel(drop: &CounterDropout, mask: &mut [f32]) {
     mask.par_chunks_mut(CHUNK)
         .enumerate()
@@ -125,16 +146,7 @@ impl CustomOp2 for ResidualDropout {
         if h.len() != a.len() {
             bail!("residual dropout: {} and {} elements", h.len(), a.len())
         }
-        let mut out = vec![0f32; h.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(h.par_chunks(CHUNK).zip(a.par_chunks(CHUNK)))
-            .enumerate()
-            .for_each(|(k, (y, (h, a)))| {
-                let offset = (k * CHUNK) as u64;
-                for (i, (y, (&h, &a))) in y.iter_mut().zip(h.iter().zip(a)).enumerate() {
-                    *y = h + a * self.0.factor(offset + i as u64);
-                }
-            });
+        let out = masked_map(&self.0, [h, a], |[h, a], m| h + a * m);
         Ok((CpuStorage::F32(out), h_layout.shape().clone()))
     }
 
@@ -175,16 +187,7 @@ impl CustomOp1 for ReluDropout {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "relu dropout")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(k, (y, x))| {
-                let offset = (k * CHUNK) as u64;
-                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    *y = x.max(0.0) * self.0.factor(offset + i as u64);
-                }
-            });
+        let out = masked_map(&self.0, [x], |[x], m| x.max(0.0) * m);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -226,20 +229,11 @@ impl CustomOp2 for ReluDropoutGrad {
                 g.len()
             )
         }
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .enumerate()
-            .for_each(|(k, (dx, (y, g)))| {
-                let offset = (k * CHUNK) as u64;
-                for (i, (dx, (&y, &g))) in dx.iter_mut().zip(y.iter().zip(g)).enumerate() {
-                    *dx = if y > 0.0 {
-                        g * self.0.factor(offset + i as u64)
-                    } else {
-                        0.0
-                    };
-                }
-            });
+        let out = masked_map(
+            &self.0,
+            [y, g],
+            |[y, g], m| if y > 0.0 { g * m } else { 0.0 },
+        );
         Ok((CpuStorage::F32(out), y_layout.shape().clone()))
     }
 }
@@ -258,16 +252,7 @@ impl CustomOp1 for Dropout {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "dropout")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(k, (y, x))| {
-                let offset = (k * CHUNK) as u64;
-                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    *y = x * self.0.factor(offset + i as u64);
-                }
-            });
+        let out = masked_map(&self.0, [x], |[x], m| x * m);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
