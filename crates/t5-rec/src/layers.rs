@@ -128,56 +128,55 @@ impl SeededDropout {
         })
     }
 
-    /// The dropout of `n` attention probabilities, for the fused attention (which draws the
-    /// same masks from these counters as this dropout applied to its probabilities would);
-    /// None when not training.
-    pub(crate) fn attention_dropout(&self, n: usize, train: bool) -> Option<ops::CounterDropout> {
-        if !train || self.p <= 0.0 || self.p >= 1.0 {
-            return None;
-        }
-        Some(ops::CounterDropout::new(
-            self.p,
-            self.take_counters(n as u64),
-        ))
-    }
-
-    /// `h + dropout(a)` as one op (the residual connections of every block).
-    pub(crate) fn residual(&self, h: &Tensor, a: &Tensor, train: bool) -> Result<Tensor> {
+    /// The dropout of `n` values drawn next from this generator's counters; None when not
+    /// training or at rate 0, an error for a rate of 1 or more.
+    fn next_mask(&self, n: usize, train: bool) -> Result<Option<ops::CounterDropout>> {
         if !train || self.p <= 0.0 {
-            return Ok((h + a)?);
+            return Ok(None);
         }
-        self.check_rate()?;
-        let drop = ops::CounterDropout::new(self.p, self.take_counters(a.elem_count() as u64));
-        Ok(ops::residual_dropout(h, a, drop)?)
-    }
-
-    /// `dropout(relu(x))` as one op (the feed-forward activation).
-    pub(crate) fn relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p <= 0.0 {
-            return Ok(x.relu()?);
-        }
-        self.check_rate()?;
-        let drop = ops::CounterDropout::new(self.p, self.take_counters(x.elem_count() as u64));
-        Ok(ops::relu_dropout(x, drop)?)
-    }
-
-    fn check_rate(&self) -> Result<()> {
         if self.p >= 1.0 {
             return Err(T5Error::InvalidInput(format!(
                 "dropout rate must be below 1, got {}",
                 self.p
             )));
         }
-        Ok(())
+        Ok(Some(ops::CounterDropout::new(
+            self.p,
+            self.take_counters(n as u64),
+        )))
+    }
+
+    /// The dropout of `n` attention probabilities, for the fused attention (which draws the
+    /// same masks from these counters as this dropout applied to its probabilities would).
+    pub(crate) fn attention_dropout(
+        &self,
+        n: usize,
+        train: bool,
+    ) -> Result<Option<ops::CounterDropout>> {
+        self.next_mask(n, train)
+    }
+
+    /// `h + dropout(a)` as one op (the residual connections of every block).
+    pub(crate) fn residual(&self, h: &Tensor, a: &Tensor, train: bool) -> Result<Tensor> {
+        match self.next_mask(a.elem_count(), train)? {
+            Some(drop) => Ok(ops::residual_dropout(h, a, drop)?),
+            None => Ok((h + a)?),
+        }
+    }
+
+    /// `dropout(relu(x))` as one op (the feed-forward activation).
+    pub(crate) fn relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self.next_mask(x.elem_count(), train)? {
+            Some(drop) => Ok(ops::relu_dropout(x, drop)?),
+            None => Ok(x.relu()?),
+        }
     }
 
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p <= 0.0 {
-            return Ok(x.clone());
+        match self.next_mask(x.elem_count(), train)? {
+            Some(drop) => Ok(ops::dropout(x, drop)?),
+            None => Ok(x.clone()),
         }
-        self.check_rate()?;
-        let drop = ops::CounterDropout::new(self.p, self.take_counters(x.elem_count() as u64));
-        Ok(ops::dropout(x, drop)?)
     }
 }
 
@@ -320,7 +319,7 @@ impl Attention {
         let masks = ops::AttentionMasks {
             key_keep: bias.key_keep.cloned(),
             causal: bias.causal,
-            dropout: dropout.attention_dropout(b * self.heads * tq * tk, train),
+            dropout: dropout.attention_dropout(b * self.heads * tq * tk, train)?,
         };
         let ctx = ops::attention(&q, &kv, bias.position, self.heads, &masks)?;
         self.o.forward(&ctx)

@@ -82,7 +82,7 @@ pub fn attention(
             .collect(),
         None => Vec::new(),
     };
-    let bias_grad = bias.is_some_and(|b| b.track_op());
+    let (has_bias, bias_grad) = (bias.is_some(), bias.is_some_and(|b| b.track_op()));
     let bias = match bias {
         Some(b) => b.contiguous()?,
         // Unused: the op reads it only when `has_bias`.
@@ -90,7 +90,7 @@ pub fn attention(
     };
     let op = FusedAttention {
         shape,
-        has_bias: bias.elem_count() == shape.heads * shape.tq * shape.tk,
+        has_bias,
         bias_grad,
         key_bias,
         causal: masks.causal,
@@ -496,7 +496,7 @@ impl FusedAttention {
         };
         // Task t = slice · H + h owns bias-gradient chunk t (empty when none is asked for).
         let chunks: Vec<&mut [f32]> = if self.bias_grad {
-            dbias.chunks_mut(bias_len).collect()
+            dbias.chunks_mut(bias_len.max(1)).collect()
         } else {
             (0..slices * heads)
                 .map(|_| <&mut [f32]>::default())
@@ -512,7 +512,7 @@ impl FusedAttention {
         });
         let dbias = self.bias_grad.then(|| {
             let mut total = vec![0f32; heads * bias_len];
-            for part in dbias.chunks(heads * bias_len) {
+            for part in dbias.chunks((heads * bias_len).max(1)) {
                 total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
             }
             total
