@@ -221,7 +221,6 @@ pub fn evaluate(
         examples
     };
     let cfg = &request.decoding;
-    let popularity = item_popularity(&data.dataset);
     let mut tasks = BTreeMap::new();
     let mut baselines = BaselineReport::default();
     let mut users = std::collections::BTreeSet::new();
@@ -306,29 +305,17 @@ pub fn evaluate(
                         .modes
                         .insert("exact".into(), ranking_metrics(&examples, &lists, task)?);
                 }
-                let (pop, mf_lists) =
-                    baseline_lists(&data.dataset, &examples, &popularity, trained.mf)?;
-                if let Some(sasrec) = trained.sasrec {
-                    let lists = sasrec_lists(sasrec, &data.dataset, &examples, split)?;
-                    baselines
-                        .sasrec
-                        .insert(name.clone(), ranking_metrics(&examples, &lists, task)?);
-                }
-                let id_order = id_order_lists(&data.dataset, &examples, split, &popularity)?;
-                baselines
-                    .id_order
-                    .insert(name.clone(), ranking_metrics(&examples, &id_order, task)?);
-                baselines
-                    .popularity
-                    .insert(name.clone(), ranking_metrics(&examples, &pop, task)?);
-                if let Some(lists) = mf_lists {
-                    baselines
-                        .mf
-                        .insert(name.clone(), ranking_metrics(&examples, &lists, task)?);
-                }
+                add_baseline_metrics(
+                    &mut baselines,
+                    &data.dataset,
+                    &examples,
+                    task,
+                    split,
+                    trained,
+                )?;
             }
         }
-        tasks.insert(name.clone(), report);
+        tasks.insert(name, report);
     }
     Ok(Report {
         dataset: data.dataset.name().to_string(),
@@ -346,6 +333,41 @@ pub fn evaluate(
         indexing: data.indexing.describe(),
         checkpoint_step: None,
     })
+}
+
+/// The baselines' metrics on the examples of one ranking task of `split`, under the task's
+/// name in `report`: popularity and the ID-order rule always, MF and SASRec when trained. Any
+/// other ranker's lists of the same examples are read against these (`ranking_metrics`).
+pub fn add_baseline_metrics(
+    report: &mut BaselineReport,
+    dataset: &Dataset,
+    examples: &[Example],
+    task: Task,
+    split: Split,
+    trained: TrainedBaselines<'_>,
+) -> Result<(), PeapodError> {
+    let name = task.name().to_string();
+    let popularity = item_popularity(dataset);
+    let (pop, mf_lists) = baseline_lists(dataset, examples, &popularity, trained.mf)?;
+    let id_order = id_order_lists(dataset, examples, split, &popularity)?;
+    report
+        .id_order
+        .insert(name.clone(), ranking_metrics(examples, &id_order, task)?);
+    report
+        .popularity
+        .insert(name.clone(), ranking_metrics(examples, &pop, task)?);
+    if let Some(lists) = mf_lists {
+        report
+            .mf
+            .insert(name.clone(), ranking_metrics(examples, &lists, task)?);
+    }
+    if let Some(sasrec) = trained.sasrec {
+        let lists = sasrec_lists(sasrec, dataset, examples, split)?;
+        report
+            .sasrec
+            .insert(name, ranking_metrics(examples, &lists, task)?);
+    }
+    Ok(())
 }
 
 impl Report {

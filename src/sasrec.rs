@@ -67,6 +67,33 @@ fn cache_key(
     ]))
 }
 
+/// The SASRec model in `path` when that file was trained on `data` (same dataset content and
+/// indexing) with `training`'s settings; `None` when it was not, or is not a SASRec file.
+pub fn load_cached_sasrec(
+    data: &TrainingData,
+    training: &TrainConfig,
+    path: &Path,
+    device: &Device,
+) -> Result<Option<SasRecBaseline>, PeapodError> {
+    let key = cache_key(data, training)?;
+    let Ok((model, meta)) = SasRec::load(path, device) else {
+        return Ok(None);
+    };
+    let same = key.iter().all(|(k, v)| meta.get(k) == Some(v));
+    let log = meta
+        .get("log")
+        .and_then(|l| serde_json::from_str::<TrainingLog>(l).ok());
+    Ok(match (same, log) {
+        (true, Some(log)) => Some(SasRecBaseline {
+            model,
+            training: training.clone(),
+            log,
+            from_cache: true,
+        }),
+        _ => None,
+    })
+}
+
 /// Trains SASRec (the paper's shape for the dataset's items, `training`'s settings) on
 /// `data`, or reads it from `cache` when that file was trained on the same data, indexing and
 /// settings; a newly trained model is written there.
@@ -77,21 +104,9 @@ pub fn train_or_load_sasrec(
     device: &Device,
     on_progress: impl FnMut(&Progress),
 ) -> Result<SasRecBaseline, PeapodError> {
-    let key = cache_key(data, training)?;
     if let Some(path) = cache.filter(|p| p.exists()) {
-        if let Ok((model, meta)) = SasRec::load(path, device) {
-            let same = key.iter().all(|(k, v)| meta.get(k) == Some(v));
-            let log = meta
-                .get("log")
-                .and_then(|l| serde_json::from_str::<TrainingLog>(l).ok());
-            if let (true, Some(log)) = (same, log) {
-                return Ok(SasRecBaseline {
-                    model,
-                    training: training.clone(),
-                    log,
-                    from_cache: true,
-                });
-            }
+        if let Some(cached) = load_cached_sasrec(data, training, path, device)? {
+            return Ok(cached);
         }
     }
     let (sequences, validation) = sasrec_training_data(&data.dataset);
@@ -107,7 +122,7 @@ pub fn train_or_load_sasrec(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PeapodError::io(dir, e))?;
         }
-        let mut meta = key;
+        let mut meta = cache_key(data, training)?;
         meta.insert(
             "log".into(),
             serde_json::to_string(&fitted.log)
